@@ -1,0 +1,26 @@
+//! Compiles `proto/` with protox (pure Rust), so building needs no `protoc`.
+
+const FILES: &[&str] = &[
+    "org/apache/beam/model/pipeline/v1/endpoints.proto",
+    "org/apache/beam/model/pipeline/v1/beam_runner_api.proto",
+    "org/apache/beam/model/pipeline/v1/metrics.proto",
+    "org/apache/beam/model/fn_execution/v1/beam_fn_api.proto",
+    "org/apache/beam/model/fn_execution/v1/beam_provision_api.proto",
+    "org/apache/beam/model/expansion/v1/beam_expansion_api.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let fds = protox::compile(FILES, ["proto"])?;
+    // The descriptor set is exported so the conformance test can compare it with Beam's.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("beam_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        // Payloads stay reference-counted slices of the receive buffer instead of Vec copies.
+        .bytes(".")
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}
