@@ -32,7 +32,11 @@ pub enum CoderResolveError {
     #[error("coder id '{0}' is referenced but not defined in the descriptor")]
     Missing(String),
     #[error("coder '{id}' ({urn}) is not supported here: {why}; supported are {SUPPORTED_CODERS}")]
-    Unsupported { id: String, urn: String, why: String },
+    Unsupported {
+        id: String,
+        urn: String,
+        why: String,
+    },
 }
 
 /// Malformed element bytes. Offsets are relative to the start of the chunk.
@@ -48,7 +52,9 @@ pub enum CoderError {
     BadPane { at: usize, byte: u8 },
     #[error("nullable marker {byte:#04x} at offset {at} is neither 0x00 nor 0x01")]
     BadNullMarker { at: usize, byte: u8 },
-    #[error("a null {part} cannot be written with beam:coder:bytes:v1 (the output coder is not nullable)")]
+    #[error(
+        "a null {part} cannot be written with beam:coder:bytes:v1 (the output coder is not nullable)"
+    )]
     NullNotAllowed { part: &'static str },
     #[error(
         "element's timestamp/windows/pane differ from the constants of the output's \
@@ -130,9 +136,17 @@ impl WireCoder {
         let framing = if urn == WINDOWED_VALUE_URN {
             Framing::Windowed
         } else {
-            let payload = coder.spec.as_ref().map(|s| s.payload.clone()).unwrap_or_default();
+            let payload = coder
+                .spec
+                .as_ref()
+                .map(|s| s.payload.clone())
+                .unwrap_or_default();
             let len = metadata_len(&payload, window).map_err(|e| {
-                unsupported(id, urn, &format!("its payload is not a windowed value: {e}"))
+                unsupported(
+                    id,
+                    urn,
+                    &format!("its payload is not a windowed value: {e}"),
+                )
             })?;
             Framing::Param(payload.slice(..len))
         };
@@ -181,7 +195,11 @@ impl WireCoder {
     }
 
     /// Appends `parts` encoded with this coder.
-    pub fn encode(&self, parts: &ElementParts<'_>, out: &mut impl BufMut) -> Result<(), CoderError> {
+    pub fn encode(
+        &self,
+        parts: &ElementParts<'_>,
+        out: &mut impl BufMut,
+    ) -> Result<(), CoderError> {
         match &self.framing {
             Framing::Windowed => out.put_slice(parts.metadata),
             Framing::Param(constant) if constant.as_ref() == parts.metadata => {}
@@ -229,7 +247,11 @@ fn resolve_component(
     let (urn, coder) = lookup(id, coders)?;
     let only_bytes_inside = |what: ComponentCoder| match coder.component_coder_ids.as_slice() {
         [inner] if lookup(inner, coders)?.0 == BYTES_URN => Ok(what),
-        _ => Err(unsupported(id, urn, "only a bytes component is supported inside")),
+        _ => Err(unsupported(
+            id,
+            urn,
+            "only a bytes component is supported inside",
+        )),
     };
     match urn {
         BYTES_URN => Ok(ComponentCoder::Bytes),
@@ -299,7 +321,12 @@ fn skip_metadata(r: &mut Reader<'_>, window: WindowCoder) -> Result<(), CoderErr
             r.varint()?;
             r.varint()?;
         }
-        _ => return Err(CoderError::BadPane { at: pane_at, byte: pane }),
+        _ => {
+            return Err(CoderError::BadPane {
+                at: pane_at,
+                byte: pane,
+            });
+        }
     }
     Ok(())
 }
@@ -451,7 +478,10 @@ mod tests {
             ("wvlp", coder(WINDOWED_VALUE_URN, b"", &["kvlp", "gw"])),
             ("wvi", coder(WINDOWED_VALUE_URN, b"", &["kv", "iw"])),
             ("wvv", coder(WINDOWED_VALUE_URN, b"", &["kvv", "gw"])),
-            ("pwv", coder(PARAM_WINDOWED_VALUE_URN, &param_payload, &["kv", "gw"])),
+            (
+                "pwv",
+                coder(PARAM_WINDOWED_VALUE_URN, &param_payload, &["kv", "gw"]),
+            ),
             ("pickled", coder("beam:coders:javasdk:0.1", b"", &[])),
         ]
         .into_iter()
@@ -517,7 +547,10 @@ mod tests {
         let mut elem = hex("80 00 01 52 9a a4 9b 68 00 00 00 01 0f");
         elem.extend_from_slice(&hex("03 616263 03 646566"));
         let (parts, len) = wire.decode(&elem).unwrap();
-        assert_eq!((parts.key, parts.value), (Some(&b"abc"[..]), Some(&b"def"[..])));
+        assert_eq!(
+            (parts.key, parts.value),
+            (Some(&b"abc"[..]), Some(&b"def"[..]))
+        );
         assert_eq!(len, elem.len());
     }
 
@@ -592,7 +625,10 @@ mod tests {
         assert_eq!(back, elem);
         let other_time = hex("8000000000000000 00000001 0f 01 6b 01 76");
         let (parts, _) = full.decode(&other_time).unwrap();
-        assert_eq!(param.encode(&parts, &mut Vec::new()), Err(CoderError::ParamMismatch));
+        assert_eq!(
+            param.encode(&parts, &mut Vec::new()),
+            Err(CoderError::ParamMismatch)
+        );
     }
 
     #[test]

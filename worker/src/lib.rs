@@ -1,1 +1,23 @@
+//! beam-rust-worker: an Apache Beam Fn API worker pool whose harnesses run
+//! Kafka-shaped `KV<bytes, bytes>` stages natively.
+//!
+//! Layout, one module per concern: [`pool`] serves `BeamFnExternalWorkerPool` and
+//! starts a [`control`] harness per worker; each harness fetches descriptors,
+//! turns them into a [`plan`], and runs bundles ([`bundle`]) whose elements
+//! flow over [`data`] channels through the [`transforms`], decoded by
+//! [`coders`]. [`metrics`] builds the monitoring infos the runner reads,
+//! [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
+//! our transforms to this pool.
+
+pub mod bundle;
 pub mod coders;
+pub mod config;
+pub mod control;
+pub mod data;
+pub mod expansion;
+pub mod grpc;
+pub mod logging;
+pub mod metrics;
+pub mod plan;
+pub mod pool;
+pub mod transforms;

@@ -1,1 +1,165 @@
-fn main() {}
+//! `beam-rust-worker`: the command-line shell around the pool and the expansion service.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use beam_rust_worker::config::{HarnessConfig, PoolConfig};
+use beam_rust_worker::{expansion, logging, pool};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Measured with the load driver (see README, "Allocator"): mimalloc lowers the
+/// cost of the many short-lived buffers of the data path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A native Apache Beam worker pool: runners start workers here with
+/// `--environment_type=EXTERNAL --environment_config=HOST:PORT`, and the
+/// workers run stages of this project's transforms (the key/value echo,
+/// `beam:transform:rust_worker:kv_echo:v1`) in this process.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Port of the worker pool (BeamFnExternalWorkerPool); the runner's
+    /// --environment_config points here.
+    #[arg(long, default_value_t = 50000, env = "BEAM_RUST_WORKER_PORT")]
+    port: u16,
+
+    /// Address to listen on. The default, 127.0.0.1, suits a pool running next to
+    /// its runner (a Flink TaskManager sidecar). Use 0.0.0.0 only on a trusted
+    /// network: whoever can reach the pool port can make this process dial any
+    /// address it names as a control, data or logging endpoint.
+    #[arg(long, default_value = "127.0.0.1", env = "BEAM_RUST_WORKER_BIND")]
+    bind: IpAddr,
+
+    /// Port of the expansion service that lets pipelines use our transforms
+    /// (org.apache.beam.model.expansion.v1.ExpansionService); 0 disables it.
+    #[arg(long, default_value_t = 8097, env = "BEAM_RUST_WORKER_EXPANSION_PORT")]
+    expansion_port: u16,
+
+    /// Pool address the expansion service writes into the environments it
+    /// creates: where runners will call StartWorker. Defaults to
+    /// localhost:<--port>.
+    #[arg(long, env = "BEAM_RUST_WORKER_ADVERTISE")]
+    advertise: Option<String>,
+
+    /// Refuse StartWorker once this many workers are running.
+    #[arg(long, default_value_t = 64)]
+    max_workers: usize,
+
+    /// Send output once this many bytes of whole elements are pending per data
+    /// stream. A runner's `--experiments=data_buffer_size_limit=N` overrides it.
+    #[arg(long, default_value_t = 1_000_000)]
+    flush_bytes: usize,
+
+    /// Also send pending output after this many milliseconds; 0 = only on size
+    /// and at bundle end. `--experiments=data_buffer_time_limit_ms=N` overrides it.
+    #[arg(long, default_value_t = 0)]
+    flush_millis: u64,
+
+    /// Bytes of input held per data stream for bundles whose ProcessBundle has
+    /// not arrived yet (the Python runner sends a bundle's data first). A
+    /// bundle whose early input exceeds it fails with an error saying so.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_pending_bytes: usize,
+
+    /// On SIGTERM/Ctrl-C, seconds running bundles get to finish before exit.
+    #[arg(long, default_value_t = 30)]
+    grace_secs: u64,
+
+    /// Log filter for stderr and the runners' logging endpoints
+    /// (error, warn, info, debug, trace, or a tracing filter such as
+    /// `beam_rust_worker=debug`). RUST_LOG wins when set.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_level)?;
+
+    let pool_addr = SocketAddr::new(cli.bind, cli.port);
+    let listener = TcpListener::bind(pool_addr)
+        .await
+        .with_context(|| format!("cannot listen on {pool_addr} for the worker pool"))?;
+    // With --port 0 the kernel picks the port; advertise the real one.
+    let pool_port = listener.local_addr()?.port();
+    let shutdown = CancellationToken::new();
+
+    let expansion = if cli.expansion_port != 0 {
+        let addr = SocketAddr::new(cli.bind, cli.expansion_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the expansion service"))?;
+        let advertise = cli
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("localhost:{pool_port}"));
+        info!(%addr, pool = %advertise, "expansion service listening");
+        Some(tokio::spawn(expansion::serve(
+            listener,
+            advertise,
+            shutdown.clone().cancelled_owned(),
+        )))
+    } else {
+        None
+    };
+
+    info!(addr = %SocketAddr::new(cli.bind, pool_port), "worker pool listening");
+    let config = PoolConfig {
+        max_workers: cli.max_workers,
+        grace_period: Duration::from_secs(cli.grace_secs),
+        harness: HarnessConfig {
+            flush_bytes: cli.flush_bytes,
+            flush_interval: (cli.flush_millis > 0).then(|| Duration::from_millis(cli.flush_millis)),
+            max_pending_bytes: cli.max_pending_bytes,
+        },
+    };
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    pool::serve(listener, config, shutdown.clone().cancelled_owned()).await?;
+    if let Some(expansion) = expansion {
+        expansion.await??;
+    }
+    Ok(())
+}
+
+fn init_tracing(level: &str) -> Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(env),
+        _ => EnvFilter::try_new(level),
+    }
+    .with_context(|| format!("invalid --log-level {level:?}"))?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(logging::RunnerLogLayer)
+        .init();
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("Ctrl-C received"),
+        _ = term => info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,395 @@
+//! One SDK harness per `StartWorker`: the control stream, the descriptor cache,
+//! and concurrent dispatch of the runner's instructions.
+//!
+//! The harness lives exactly as long as its control stream: when the runner
+//! ends it (the Python runner never calls `StopWorker`), every task, data stream
+//! and buffer of the worker is released.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use beam_proto::fn_execution::beam_fn_control_client::BeamFnControlClient;
+use beam_proto::fn_execution::provision_service_client::ProvisionServiceClient;
+use beam_proto::fn_execution::{
+    FinalizeBundleResponse, GetProcessBundleDescriptorRequest, GetProvisionInfoRequest,
+    HarnessMonitoringInfosResponse, InstructionRequest, InstructionResponse,
+    MonitoringInfosMetadataResponse, ProcessBundleDescriptor, ProcessBundleProgressResponse,
+    ProcessBundleRequest, ProcessBundleSplitResponse, RegisterResponse, SampleDataResponse,
+    instruction_request::Request, instruction_response::Response,
+};
+use tokio::sync::{OnceCell, mpsc};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::bundle;
+use crate::config::HarnessConfig;
+use crate::data::DataChannels;
+use crate::grpc::{EndpointError, WorkerChannel, worker_channel};
+use crate::logging;
+use crate::plan::{self, PlanError, StagePlan};
+use crate::pool::Lifecycle;
+
+/// Responses queued for the control stream before instruction tasks wait.
+const RESPONSE_QUEUE: usize = 256;
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `StartWorker` asked for.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub worker_id: String,
+    /// Pool-assigned number that tells apart workers sharing a `worker_id`.
+    pub serial: u64,
+    pub control_url: String,
+    pub logging_url: Option<String>,
+    pub provision_url: Option<String>,
+}
+
+/// Why a harness ended other than by its runner closing the control stream.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("control stream failed: {0}")]
+    Control(#[from] tonic::Status),
+}
+
+/// A descriptor, fetched once and planned once, shared by every bundle that uses it.
+type CachedPlan = Arc<Result<Arc<StagePlan>, PlanError>>;
+
+struct Harness {
+    spec: WorkerSpec,
+    config: HarnessConfig,
+    control: BeamFnControlClient<WorkerChannel>,
+    plans: Mutex<HashMap<String, Arc<OnceCell<CachedPlan>>>>,
+    channels: DataChannels,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// Runs the worker until its control stream ends or `cancel` fires.
+pub async fn run(
+    spec: WorkerSpec,
+    config: HarnessConfig,
+    lifecycle: Arc<Lifecycle>,
+    cancel: CancellationToken,
+) -> Result<(), HarnessError> {
+    let span = info_span!("worker", worker_id = %spec.worker_id, worker_serial = spec.serial);
+    async move {
+        let _logs = match &spec.logging_url {
+            Some(url) => Some(logging::forward_to_runner(
+                spec.serial,
+                url,
+                &spec.worker_id,
+                cancel.child_token(),
+            )?),
+            None => None,
+        };
+        let config = match &spec.provision_url {
+            Some(url) => with_provisioned_options(config, url, &spec.worker_id).await,
+            None => config,
+        };
+        let control = BeamFnControlClient::new(worker_channel(&spec.control_url, &spec.worker_id)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let harness = Arc::new(Harness {
+            channels: DataChannels::new(
+                &spec.worker_id,
+                config.max_pending_bytes,
+                cancel.child_token(),
+            ),
+            spec,
+            config,
+            control,
+            plans: Mutex::new(HashMap::new()),
+            lifecycle,
+        });
+        let result = tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            result = harness.clone().serve_control() => result,
+        };
+        // Releases the data streams' reader tasks along with everything else.
+        cancel.cancel();
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+impl Harness {
+    async fn serve_control(self: Arc<Self>) -> Result<(), HarnessError> {
+        let (responses, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let mut requests = self
+            .control
+            .clone()
+            .control(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        info!(control = %self.spec.control_url, "control stream connected");
+        let mut tasks = JoinSet::new();
+        let ended = loop {
+            tokio::select! {
+                message = requests.message() => match message {
+                    Ok(Some(request)) => {
+                        let harness = self.clone();
+                        let responses = responses.clone();
+                        tasks.spawn(async move {
+                            let response = harness.handle(request).await;
+                            // A closed stream means the worker is going away anyway.
+                            let _ = responses.send(response).await;
+                        }.in_current_span());
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(status),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        match &ended {
+            Ok(()) => info!("runner closed the control stream; releasing the worker"),
+            Err(status) => warn!(%status, "control stream failed; releasing the worker"),
+        }
+        tasks.abort_all();
+        ended.map_err(Into::into)
+    }
+
+    async fn handle(&self, request: InstructionRequest) -> InstructionResponse {
+        let id = request.instruction_id;
+        let result = match request.request {
+            Some(Request::ProcessBundle(pb)) => {
+                let span = info_span!("bundle", instruction_id = %id);
+                self.process_bundle(&id, pb)
+                    .instrument(span)
+                    .await
+                    .map(Response::ProcessBundle)
+            }
+            Some(Request::Register(r)) => {
+                for d in r.process_bundle_descriptor {
+                    self.cache_descriptor(d);
+                }
+                Ok(Response::Register(RegisterResponse {}))
+            }
+            // No splitting, no bundle finalization and no short-id metrics here:
+            // runners accept these empty answers (Java and Python treat an empty
+            // split as "no split").
+            Some(Request::ProcessBundleProgress(_)) => Ok(Response::ProcessBundleProgress(
+                ProcessBundleProgressResponse::default(),
+            )),
+            Some(Request::ProcessBundleSplit(_)) => {
+                Ok(Response::ProcessBundleSplit(ProcessBundleSplitResponse {}))
+            }
+            Some(Request::FinalizeBundle(_)) => {
+                Ok(Response::FinalizeBundle(FinalizeBundleResponse {}))
+            }
+            Some(Request::MonitoringInfos(_)) => Ok(Response::MonitoringInfos(
+                MonitoringInfosMetadataResponse::default(),
+            )),
+            Some(Request::HarnessMonitoringInfos(_)) => Ok(Response::HarnessMonitoringInfos(
+                HarnessMonitoringInfosResponse::default(),
+            )),
+            Some(Request::SampleData(_)) => Ok(Response::SampleData(SampleDataResponse {})),
+            None => Err(
+                "unsupported instruction: the request carries no instruction type this \
+                         worker knows (it handles process_bundle, register, progress, split, \
+                         finalize, monitoring_infos, harness_monitoring_infos, sample_data)"
+                    .to_owned(),
+            ),
+        };
+        match result {
+            Ok(response) => InstructionResponse {
+                instruction_id: id,
+                error: String::new(),
+                response: Some(response),
+            },
+            Err(error) => InstructionResponse {
+                instruction_id: id,
+                error,
+                response: None,
+            },
+        }
+    }
+
+    async fn process_bundle(
+        &self,
+        instruction_id: &str,
+        request: ProcessBundleRequest,
+    ) -> Result<beam_proto::fn_execution::ProcessBundleResponse, String> {
+        let Some(_guard) = self.lifecycle.start_bundle() else {
+            return Err("the worker pool is shutting down and accepts no new bundles".into());
+        };
+        let plan = self.plan(&request.process_bundle_descriptor_id).await?;
+        let result = bundle::run(
+            instruction_id,
+            plan,
+            &self.channels,
+            &self.config,
+            request.elements,
+        )
+        .await;
+        result.map_err(|e| {
+            warn!(error = %e, "bundle failed");
+            format!("bundle {instruction_id} failed: {e}")
+        })
+    }
+
+    /// The plan for `descriptor_id`, fetching the descriptor once per worker.
+    async fn plan(&self, descriptor_id: &str) -> Result<Arc<StagePlan>, String> {
+        let cell = self.cell(descriptor_id);
+        let cached = cell
+            .get_or_try_init(|| async {
+                let descriptor = self
+                    .control
+                    .clone()
+                    .get_process_bundle_descriptor(GetProcessBundleDescriptorRequest {
+                        process_bundle_descriptor_id: descriptor_id.to_owned(),
+                    })
+                    .await
+                    .map_err(|s| {
+                        format!(
+                            "could not fetch process bundle descriptor '{descriptor_id}': {}",
+                            s.message()
+                        )
+                    })?
+                    .into_inner();
+                Ok::<_, String>(plan_descriptor(&descriptor))
+            })
+            .await?;
+        match cached.as_ref() {
+            Ok(plan) => Ok(plan.clone()),
+            Err(e) => Err(format!("descriptor '{descriptor_id}': {e}")),
+        }
+    }
+
+    fn cell(&self, descriptor_id: &str) -> Arc<OnceCell<CachedPlan>> {
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(descriptor_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn cache_descriptor(&self, descriptor: ProcessBundleDescriptor) {
+        let plan = plan_descriptor(&descriptor);
+        let _ = self.cell(&descriptor.id).set(plan);
+    }
+}
+
+fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
+    let plan = plan::build(descriptor).map(Arc::new);
+    match &plan {
+        Ok(p) => debug!(descriptor = %p.descriptor_id, inputs = p.inputs.len(), "planned stage"),
+        Err(e) => warn!(descriptor = %descriptor.id, error = %e, "stage cannot run here"),
+    }
+    Arc::new(plan)
+}
+
+/// Applies the runner's `data_buffer_size_limit` / `data_buffer_time_limit_ms`
+/// experiments. Provision is optional: if it fails, the pool's flags stand.
+async fn with_provisioned_options(
+    mut config: HarnessConfig,
+    url: &str,
+    worker_id: &str,
+) -> HarnessConfig {
+    let fetch = async {
+        let channel = worker_channel(url, worker_id).map_err(|e| e.to_string())?;
+        let response = ProvisionServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .get_provision_info(GetProvisionInfoRequest {})
+            .await
+            .map_err(|s| s.to_string())?;
+        Ok::<_, String>(response.into_inner())
+    };
+    let info = match tokio::time::timeout(PROVISION_TIMEOUT, fetch).await {
+        Ok(Ok(response)) => response.info,
+        Ok(Err(e)) => {
+            debug!(error = %e, "no provision info; using the pool's settings");
+            None
+        }
+        Err(_) => {
+            warn!("provision service did not answer in time; using the pool's settings");
+            None
+        }
+    };
+    let options = info.and_then(|i| i.pipeline_options);
+    for experiment in experiments(options.as_ref()) {
+        let Some((name, value)) = experiment.split_once('=') else {
+            continue;
+        };
+        match (name, value.trim().parse::<u64>()) {
+            ("data_buffer_size_limit", Ok(bytes)) if bytes > 0 => {
+                config.flush_bytes = bytes as usize;
+                info!(
+                    bytes,
+                    "flush size set by the runner's data_buffer_size_limit"
+                );
+            }
+            ("data_buffer_time_limit_ms", Ok(ms)) => {
+                config.flush_interval = (ms > 0).then(|| Duration::from_millis(ms));
+                info!(
+                    ms,
+                    "flush interval set by the runner's data_buffer_time_limit_ms"
+                );
+            }
+            ("data_buffer_size_limit" | "data_buffer_time_limit_ms", _) => {
+                warn!(
+                    experiment,
+                    "ignoring an experiment whose value is not a whole number"
+                )
+            }
+            _ => {}
+        }
+    }
+    config
+}
+
+/// The `experiments` list of pipeline options, under either key form runners use.
+fn experiments(options: Option<&prost_types::Struct>) -> Vec<String> {
+    use prost_types::value::Kind;
+    let Some(options) = options else {
+        return Vec::new();
+    };
+    ["beam:option:experiments:v1", "experiments"]
+        .iter()
+        .filter_map(|k| options.fields.get(*k))
+        .filter_map(|v| match &v.kind {
+            Some(Kind::ListValue(list)) => Some(list.values.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::{ListValue, Struct, Value, value::Kind};
+
+    #[test]
+    fn experiments_are_read_from_both_key_forms() {
+        let list = |items: &[&str]| Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: items
+                    .iter()
+                    .map(|s| Value {
+                        kind: Some(Kind::StringValue(s.to_string())),
+                    })
+                    .collect(),
+            })),
+        };
+        let options = Struct {
+            fields: [
+                ("beam:option:experiments:v1".to_string(), list(&["a=1"])),
+                ("experiments".to_string(), list(&["b"])),
+            ]
+            .into(),
+        };
+        assert_eq!(experiments(Some(&options)), ["a=1", "b"]);
+        assert!(experiments(None).is_empty());
+    }
+}

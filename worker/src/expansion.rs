@@ -1,0 +1,679 @@
+//! Beam expansion service (`org.apache.beam.model.expansion.v1.ExpansionService`).
+//!
+//! A pipeline written with any Beam SDK applies our transform as a
+//! cross-language `ExternalTransform(KV_ECHO_URN, b"", "host:port")`. At
+//! construction time the SDK sends us the transform and its input; we answer
+//! with the same transform bound to a new `beam:env:external:v1` environment
+//! that points at this worker pool. The runner then fuses that transform into a
+//! stage of its own and sends only that stage to the pool, while the rest of
+//! the pipeline stays in the SDK's own workers.
+//!
+//! Bad user input (unknown URN, wrong inputs, a coder the worker cannot carry)
+//! is reported in `ExpansionResponse.error`, which the SDK raises at pipeline
+//! construction; the gRPC call itself only fails for transport problems.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use beam_proto::expansion::expansion_service_server::{ExpansionService, ExpansionServiceServer};
+use beam_proto::expansion::{ExpansionRequest, ExpansionResponse};
+use beam_proto::pipeline::{
+    ApiServiceDescriptor, Coder, Components, Environment, ExternalPayload, PCollection, PTransform,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::coders;
+
+/// Our KV echo: `KV<K, V>` in, the same elements (timestamps, windows and
+/// panes included) out, with the same coder.
+pub const KV_ECHO_URN: &str = "beam:transform:rust_worker:kv_echo:v1";
+
+/// Every transform URN this service expands.
+pub const SUPPORTED_TRANSFORMS: &[&str] = &[KV_ECHO_URN];
+
+/// Environment URN of a worker pool reached over `BeamFnExternalWorkerPool`.
+pub const EXTERNAL_ENVIRONMENT_URN: &str = "beam:env:external:v1";
+
+/// Coder URNs the worker decodes, advertised as environment capabilities.
+///
+/// The Python runner length-prefixes (makes opaque) every coder that some
+/// environment of the pipeline does not list, so without this a nullable key
+/// would reach us as `length_prefix(nullable(bytes))` and fixed windows as a
+/// runner-private window coder. Java runners ignore the list.
+pub const CODER_CAPABILITIES: &[&str] = &[
+    coders::BYTES_URN,
+    coders::NULLABLE_URN,
+    coders::LENGTH_PREFIX_URN,
+    coders::KV_URN,
+    coders::GLOBAL_WINDOW_URN,
+    coders::INTERVAL_WINDOW_URN,
+    coders::WINDOWED_VALUE_URN,
+    coders::PARAM_WINDOWED_VALUE_URN,
+];
+
+/// Default output tag when the request names none.
+const DEFAULT_OUTPUT_TAG: &str = "out";
+
+/// Coder trees deeper than this are refused instead of walked (a malicious or
+/// cyclic coder map must not overflow the stack).
+const MAX_CODER_DEPTH: usize = 32;
+
+/// The gRPC service; `advertised_pool` is the `host:port` the runner will dial
+/// to reach this process's worker pool.
+#[derive(Debug, Clone)]
+pub struct Expansion {
+    /// Written into every environment we create: what runners must dial,
+    /// which may differ from the address the pool binds (e.g. `0.0.0.0`).
+    advertised_pool: String,
+}
+
+impl Expansion {
+    pub fn new(advertised_pool: impl Into<String>) -> Self {
+        Self {
+            advertised_pool: advertised_pool.into(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ExpansionService for Expansion {
+    async fn expand(
+        &self,
+        request: tonic::Request<ExpansionRequest>,
+    ) -> Result<tonic::Response<ExpansionResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let urn = request
+            .transform
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map(|s| s.urn.clone())
+            .unwrap_or_default();
+        let namespace = request.namespace.clone();
+        let response = expand(request, &self.advertised_pool);
+        if response.error.is_empty() {
+            tracing::info!(%urn, %namespace, pool = %self.advertised_pool, "expanded transform");
+        } else {
+            tracing::warn!(%urn, %namespace, error = %response.error, "refused expansion");
+        }
+        Ok(tonic::Response::new(response))
+    }
+}
+
+/// The expansion gRPC server, ready to add to a `tonic` router.
+///
+/// Requests carry the pipeline's components and may exceed tonic's 4 MiB
+/// default, so message limits are lifted (Beam's SDKs do the same).
+pub fn expansion_service(advertised_pool: impl Into<String>) -> ExpansionServiceServer<Expansion> {
+    ExpansionServiceServer::new(Expansion::new(advertised_pool))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// Serves the expansion service on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    advertised_pool: String,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(expansion_service(advertised_pool))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Expands one transform. Never fails: problems go into `ExpansionResponse.error`.
+pub fn expand(request: ExpansionRequest, advertised_pool: &str) -> ExpansionResponse {
+    match try_expand(request, advertised_pool) {
+        Ok(response) => response,
+        Err(error) => ExpansionResponse {
+            error,
+            ..Default::default()
+        },
+    }
+}
+
+fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse, String> {
+    let ExpansionRequest {
+        components,
+        transform,
+        namespace,
+        output_coder_requests,
+    } = request;
+    let transform = transform.ok_or("the expansion request carries no transform")?;
+    let components = components.unwrap_or_default();
+    let urn = transform
+        .spec
+        .as_ref()
+        .map(|s| s.urn.as_str())
+        .unwrap_or("");
+    let name = &transform.unique_name;
+    if urn != KV_ECHO_URN {
+        return Err(format!(
+            "beam-rust-worker cannot expand transform '{name}': unknown URN '{urn}'. \
+             Supported transform URNs: {}",
+            SUPPORTED_TRANSFORMS.join(", ")
+        ));
+    }
+    let payload_len = transform.spec.as_ref().map_or(0, |s| s.payload.len());
+    if payload_len != 0 {
+        return Err(format!(
+            "{KV_ECHO_URN} ('{name}') takes no configuration, but the request carries a \
+             {payload_len}-byte payload"
+        ));
+    }
+    let input_id = match transform.inputs.values().collect::<Vec<_>>().as_slice() {
+        [only] => (*only).clone(),
+        other => {
+            return Err(format!(
+                "{KV_ECHO_URN} ('{name}') takes exactly one input PCollection, got {}",
+                other.len()
+            ));
+        }
+    };
+    let input = components
+        .pcollections
+        .get(&input_id)
+        .ok_or_else(|| {
+            format!("input PCollection '{input_id}' of '{name}' is not in the request's components")
+        })?
+        .clone();
+    coders::resolve_kv(&input.coder_id, &components.coders).map_err(|e| {
+        format!(
+            "{KV_ECHO_URN} ('{name}') cannot carry input PCollection '{input_id}': {e}. \
+             Give the input a KV coder whose key and value are bytes (in Python, type it as \
+             beam.typehints.Tuple[bytes, bytes], or with an Optional[bytes] key)"
+        )
+    })?;
+    for (tag, requested) in &output_coder_requests {
+        if !components.coders.contains_key(requested) {
+            continue; // Nothing to compare with; the output keeps the input's coder.
+        }
+        if !same_coder(requested, &input.coder_id, &components.coders, 0) {
+            return Err(format!(
+                "{KV_ECHO_URN} ('{name}') outputs its input's coder '{}', but output '{tag}' \
+                 was requested with coder '{requested}' ({}); drop the output type hint or make \
+                 it match the input",
+                input.coder_id,
+                coder_urn(requested, &components.coders)
+            ));
+        }
+    }
+    let strategy_id = input.windowing_strategy_id.clone();
+    let strategy = components
+        .windowing_strategies
+        .get(&strategy_id)
+        .ok_or_else(|| {
+            format!(
+                "windowing strategy '{strategy_id}' of input PCollection '{input_id}' is not \
+                 in the request's components"
+            )
+        })?
+        .clone();
+
+    // Copy the coders the returned components refer to, so the SDK can rebuild
+    // the output PCollection from the response alone.
+    let mut coder_ids = HashSet::new();
+    collect_coders(&input.coder_id, &components.coders, &mut coder_ids, 0)?;
+    if !strategy.window_coder_id.is_empty() {
+        collect_coders(
+            &strategy.window_coder_id,
+            &components.coders,
+            &mut coder_ids,
+            0,
+        )?;
+    }
+    let out_coders: HashMap<String, Coder> = coder_ids
+        .into_iter()
+        .filter_map(|id| components.coders.get(&id).map(|c| (id, c.clone())))
+        .collect();
+
+    // New ids must start with the namespace: SDKs drop anything else.
+    let mut taken: HashSet<&str> = components
+        .pcollections
+        .keys()
+        .chain(components.environments.keys())
+        .chain(components.transforms.keys())
+        .map(String::as_str)
+        .collect();
+    let output_id = fresh_id(&namespace, "kv_echo_output", &mut taken);
+    let env_id = fresh_id(&namespace, "rust_worker_pool", &mut taken);
+
+    let environment = Environment {
+        urn: EXTERNAL_ENVIRONMENT_URN.to_owned(),
+        payload: ExternalPayload {
+            endpoint: Some(ApiServiceDescriptor {
+                url: pool.to_owned(),
+                authentication: None,
+            }),
+            params: HashMap::new(),
+        }
+        .encode_to_vec()
+        .into(),
+        capabilities: CODER_CAPABILITIES.iter().map(|s| (*s).to_owned()).collect(),
+        resource_hints: HashMap::new(),
+    };
+    let output = PCollection {
+        unique_name: format!("{name}.{DEFAULT_OUTPUT_TAG}"),
+        coder_id: input.coder_id.clone(),
+        is_bounded: input.is_bounded,
+        windowing_strategy_id: strategy_id.clone(),
+    };
+    let output_tag = match transform.outputs.keys().collect::<Vec<_>>().as_slice() {
+        [only] => (*only).clone(),
+        _ => DEFAULT_OUTPUT_TAG.to_owned(),
+    };
+    let expanded = PTransform {
+        spec: transform.spec,
+        subtransforms: Vec::new(),
+        inputs: transform.inputs,
+        outputs: HashMap::from([(output_tag, output_id.clone())]),
+        unique_name: transform.unique_name,
+        environment_id: env_id.clone(),
+        annotations: transform.annotations,
+    };
+    // The expanded transform itself is returned in `transform` only: a leaf has
+    // no subtransforms, and a copy in `components.transforms` would be added to
+    // the pipeline as a second producer of the output.
+    Ok(ExpansionResponse {
+        components: Some(Components {
+            transforms: HashMap::new(),
+            pcollections: HashMap::from([(input_id, input), (output_id, output)]),
+            windowing_strategies: HashMap::from([(strategy_id, strategy)]),
+            coders: out_coders,
+            environments: HashMap::from([(env_id, environment)]),
+        }),
+        transform: Some(expanded),
+        requirements: Vec::new(),
+        error: String::new(),
+    })
+}
+
+/// `{namespace}_{what}`, suffixed with a counter if the request already uses it.
+fn fresh_id(namespace: &str, what: &str, taken: &mut HashSet<&str>) -> String {
+    let base = format!("{namespace}_{what}");
+    let mut id = base.clone();
+    let mut n = 1;
+    while taken.contains(id.as_str()) {
+        id = format!("{base}_{n}");
+        n += 1;
+    }
+    id
+}
+
+fn coder_urn<'a>(id: &str, coders: &'a HashMap<String, Coder>) -> &'a str {
+    coders
+        .get(id)
+        .and_then(|c| c.spec.as_ref())
+        .map_or("no URN", |s| s.urn.as_str())
+}
+
+/// Adds `id` and every coder below it to `out`.
+fn collect_coders(
+    id: &str,
+    coders: &HashMap<String, Coder>,
+    out: &mut HashSet<String>,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > MAX_CODER_DEPTH {
+        return Err(format!(
+            "coder '{id}' is nested more than {MAX_CODER_DEPTH} levels deep"
+        ));
+    }
+    if !out.insert(id.to_owned()) {
+        return Ok(());
+    }
+    let coder = coders
+        .get(id)
+        .ok_or_else(|| format!("coder '{id}' is referenced but not in the request's components"))?;
+    for component in &coder.component_coder_ids {
+        collect_coders(component, coders, out, depth + 1)?;
+    }
+    Ok(())
+}
+
+/// True when coders `a` and `b` are the same tree (URN, payload, components),
+/// whatever their ids.
+fn same_coder(a: &str, b: &str, coders: &HashMap<String, Coder>, depth: usize) -> bool {
+    if a == b {
+        return true;
+    }
+    if depth > MAX_CODER_DEPTH {
+        return false;
+    }
+    let (Some(ca), Some(cb)) = (coders.get(a), coders.get(b)) else {
+        return false;
+    };
+    ca.spec == cb.spec
+        && ca.component_coder_ids.len() == cb.component_coder_ids.len()
+        && ca
+            .component_coder_ids
+            .iter()
+            .zip(&cb.component_coder_ids)
+            .all(|(x, y)| same_coder(x, y, coders, depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beam_proto::expansion::expansion_service_client::ExpansionServiceClient;
+    use beam_proto::pipeline::{FunctionSpec, WindowingStrategy};
+
+    const POOL: &str = "localhost:50000";
+    const NS: &str = "external_7";
+
+    fn coder(urn: &str, components: &[&str]) -> Coder {
+        Coder {
+            spec: Some(FunctionSpec {
+                urn: urn.into(),
+                payload: Default::default(),
+            }),
+            component_coder_ids: components.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Components shaped like what the Python SDK sends: the input PCollection,
+    /// its coders and windowing strategy, a fake impulse producing the input,
+    /// plus coders the transform does not use.
+    fn components(input_coder: &str) -> Components {
+        let coders = [
+            ("c_bytes", coder(coders::BYTES_URN, &[])),
+            ("c_nbytes", coder(coders::NULLABLE_URN, &["c_bytes"])),
+            ("c_varint", coder("beam:coder:varint:v1", &[])),
+            ("c_kv", coder(coders::KV_URN, &["c_bytes", "c_bytes"])),
+            ("c_kv_same", coder(coders::KV_URN, &["c_bytes2", "c_bytes"])),
+            ("c_bytes2", coder(coders::BYTES_URN, &[])),
+            ("c_kvn", coder(coders::KV_URN, &["c_nbytes", "c_bytes"])),
+            ("c_kvv", coder(coders::KV_URN, &["c_varint", "c_bytes"])),
+            ("c_pickled", coder("beam:coder:pickled_python:v1", &[])),
+            ("c_gw", coder(coders::GLOBAL_WINDOW_URN, &[])),
+            ("c_unused", coder("beam:coder:string_utf8:v1", &[])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let input = PCollection {
+            unique_name: "Create/Map(decode).None".into(),
+            coder_id: input_coder.into(),
+            is_bounded: 2,
+            windowing_strategy_id: "ws_global".into(),
+        };
+        let impulse = PTransform {
+            unique_name: "impulse_input".into(),
+            spec: Some(FunctionSpec {
+                urn: "beam:transform:impulse:v1".into(),
+                payload: Default::default(),
+            }),
+            outputs: HashMap::from([("out".into(), "pc_in".into())]),
+            ..Default::default()
+        };
+        Components {
+            transforms: HashMap::from([("impulse_input".into(), impulse)]),
+            pcollections: HashMap::from([("pc_in".into(), input)]),
+            windowing_strategies: HashMap::from([(
+                "ws_global".into(),
+                WindowingStrategy {
+                    window_fn: Some(FunctionSpec {
+                        urn: "beam:window_fn:global_windows:v1".into(),
+                        payload: Default::default(),
+                    }),
+                    window_coder_id: "c_gw".into(),
+                    allowed_lateness: 0,
+                    environment_id: "python_env".into(),
+                    ..Default::default()
+                },
+            )]),
+            coders,
+            environments: HashMap::from([("python_env".into(), Environment::default())]),
+        }
+    }
+
+    fn request(urn: &str, input_coder: &str) -> ExpansionRequest {
+        ExpansionRequest {
+            components: Some(components(input_coder)),
+            transform: Some(PTransform {
+                unique_name: "KvEcho/ExternalTransform(kv_echo)".into(),
+                spec: Some(FunctionSpec {
+                    urn: urn.into(),
+                    payload: Default::default(),
+                }),
+                inputs: HashMap::from([("input".into(), "pc_in".into())]),
+                ..Default::default()
+            }),
+            namespace: NS.into(),
+            output_coder_requests: HashMap::new(),
+        }
+    }
+
+    fn ok(req: ExpansionRequest) -> (Components, PTransform) {
+        let resp = expand(req, POOL);
+        assert_eq!(resp.error, "");
+        (resp.components.unwrap(), resp.transform.unwrap())
+    }
+
+    fn err(req: ExpansionRequest) -> String {
+        let resp = expand(req, POOL);
+        assert!(!resp.error.is_empty(), "expected an error");
+        assert!(resp.components.is_none() && resp.transform.is_none());
+        resp.error
+    }
+
+    #[test]
+    fn kv_echo_is_bound_to_a_new_external_environment() {
+        let (comps, t) = ok(request(KV_ECHO_URN, "c_kv"));
+        assert_eq!(t.unique_name, "KvEcho/ExternalTransform(kv_echo)");
+        assert_eq!(t.spec.as_ref().unwrap().urn, KV_ECHO_URN);
+        assert_eq!(t.inputs, HashMap::from([("input".into(), "pc_in".into())]));
+        assert!(t.subtransforms.is_empty());
+
+        let (tag, out_id) = t.outputs.iter().next().unwrap();
+        assert_eq!((t.outputs.len(), tag.as_str()), (1, "out"));
+        assert!(out_id.starts_with(NS), "{out_id}");
+        let out = &comps.pcollections[out_id];
+        let input = &comps.pcollections["pc_in"];
+        assert_eq!(out.coder_id, "c_kv");
+        assert_eq!(out.windowing_strategy_id, "ws_global");
+        assert_eq!(out.is_bounded, input.is_bounded);
+
+        assert!(t.environment_id.starts_with(NS), "{}", t.environment_id);
+        assert_eq!(comps.environments.len(), 1);
+        let env = &comps.environments[&t.environment_id];
+        assert_eq!(env.urn, EXTERNAL_ENVIRONMENT_URN);
+        let payload = ExternalPayload::decode(env.payload.clone()).unwrap();
+        assert_eq!(payload.endpoint.unwrap().url, POOL);
+        assert!(env.capabilities.iter().any(|c| c == coders::NULLABLE_URN));
+        assert!(
+            env.capabilities
+                .iter()
+                .any(|c| c == coders::INTERVAL_WINDOW_URN)
+        );
+
+        // The input's coder tree and window coder travel back, nothing else.
+        let mut ids: Vec<_> = comps.coders.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["c_bytes", "c_gw", "c_kv"]);
+        assert_eq!(comps.coders["c_kv"], components("c_kv").coders["c_kv"]);
+        assert_eq!(
+            comps.windowing_strategies["ws_global"],
+            components("c_kv").windowing_strategies["ws_global"]
+        );
+        assert!(comps.transforms.is_empty());
+    }
+
+    #[test]
+    fn nullable_keys_and_requested_output_tag_are_kept() {
+        let mut req = request(KV_ECHO_URN, "c_kvn");
+        req.transform
+            .as_mut()
+            .unwrap()
+            .outputs
+            .insert("echoed".into(), "placeholder".into());
+        let (comps, t) = ok(req);
+        let out_id = &t.outputs["echoed"];
+        assert_eq!(comps.pcollections[out_id].coder_id, "c_kvn");
+        assert!(comps.coders.contains_key("c_nbytes"));
+    }
+
+    #[test]
+    fn unknown_urn_names_it_and_lists_supported_ones() {
+        let e = err(request("beam:transform:pardo:v1", "c_kv"));
+        assert!(e.contains("'beam:transform:pardo:v1'"), "{e}");
+        assert!(e.contains(KV_ECHO_URN), "{e}");
+        let mut no_spec = request(KV_ECHO_URN, "c_kv");
+        no_spec.transform.as_mut().unwrap().spec = None;
+        assert!(err(no_spec).contains("unknown URN ''"));
+        let mut no_transform = request(KV_ECHO_URN, "c_kv");
+        no_transform.transform = None;
+        assert!(err(no_transform).contains("no transform"));
+    }
+
+    #[test]
+    fn exactly_one_input_is_required() {
+        let mut none = request(KV_ECHO_URN, "c_kv");
+        none.transform.as_mut().unwrap().inputs.clear();
+        assert!(err(none).contains("exactly one input PCollection, got 0"));
+        let mut two = request(KV_ECHO_URN, "c_kv");
+        two.transform
+            .as_mut()
+            .unwrap()
+            .inputs
+            .insert("other".into(), "pc_in".into());
+        assert!(err(two).contains("got 2"));
+        let mut dangling = request(KV_ECHO_URN, "c_kv");
+        dangling.components.as_mut().unwrap().pcollections.clear();
+        assert!(err(dangling).contains("'pc_in'"));
+    }
+
+    #[test]
+    fn unsupported_coders_are_named() {
+        let e = err(request(KV_ECHO_URN, "c_kvv"));
+        assert!(e.contains("beam:coder:varint:v1"), "{e}");
+        let e = err(request(KV_ECHO_URN, "c_pickled"));
+        assert!(e.contains("beam:coder:pickled_python:v1"), "{e}");
+        assert!(e.contains("Tuple[bytes, bytes]"), "{e}");
+        let e = err(request(KV_ECHO_URN, "no_such_coder"));
+        assert!(e.contains("no_such_coder"), "{e}");
+    }
+
+    #[test]
+    fn payload_and_missing_windowing_strategy_are_errors() {
+        let mut with_payload = request(KV_ECHO_URN, "c_kv");
+        with_payload
+            .transform
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .payload = vec![1, 2, 3].into();
+        assert!(err(with_payload).contains("3-byte payload"));
+        let mut no_ws = request(KV_ECHO_URN, "c_kv");
+        no_ws
+            .components
+            .as_mut()
+            .unwrap()
+            .windowing_strategies
+            .clear();
+        assert!(err(no_ws).contains("ws_global"));
+        let mut no_window_coder = request(KV_ECHO_URN, "c_kv");
+        no_window_coder
+            .components
+            .as_mut()
+            .unwrap()
+            .coders
+            .remove("c_gw");
+        assert!(err(no_window_coder).contains("c_gw"));
+    }
+
+    #[test]
+    fn requested_output_coder_must_match_the_input() {
+        let mut same = request(KV_ECHO_URN, "c_kv");
+        same.output_coder_requests
+            .insert("0".into(), "c_kv_same".into());
+        ok(same);
+        let mut different = request(KV_ECHO_URN, "c_kv");
+        different
+            .output_coder_requests
+            .insert("0".into(), "c_pickled".into());
+        let e = err(different);
+        assert!(e.contains("beam:coder:pickled_python:v1"), "{e}");
+    }
+
+    #[test]
+    fn cyclic_coders_do_not_hang() {
+        let mut req = request(KV_ECHO_URN, "c_kv");
+        let comps = req.components.as_mut().unwrap();
+        comps
+            .coders
+            .insert("c_gw".into(), coder(coders::GLOBAL_WINDOW_URN, &["c_gw2"]));
+        comps
+            .coders
+            .insert("c_gw2".into(), coder(coders::GLOBAL_WINDOW_URN, &["c_gw"]));
+        // Visited ids stop the walk; the expansion succeeds.
+        let (comps, _) = ok(req);
+        assert!(comps.coders.contains_key("c_gw2"));
+        let coders: HashMap<String, Coder> = (0..100)
+            .map(|i| {
+                (
+                    format!("x{i}"),
+                    coder(coders::KV_URN, &[&format!("x{}", i + 1)]),
+                )
+            })
+            .collect();
+        assert!(collect_coders("x0", &coders, &mut HashSet::new(), 0).is_err());
+        assert!(!same_coder("x0", "x1", &coders, 0));
+    }
+
+    #[test]
+    fn new_ids_avoid_ids_already_in_use() {
+        let mut req = request(KV_ECHO_URN, "c_kv");
+        let comps = req.components.as_mut().unwrap();
+        let taken = format!("{NS}_kv_echo_output");
+        let input = comps.pcollections["pc_in"].clone();
+        comps.pcollections.insert(taken.clone(), input);
+        let (comps, t) = ok(req);
+        assert_eq!(t.outputs["out"], format!("{taken}_1"));
+        assert!(comps.pcollections.contains_key(&format!("{taken}_1")));
+    }
+
+    #[tokio::test]
+    async fn served_over_grpc_errors_are_responses_not_statuses() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, POOL.into(), async {
+            let _ = stopped.await;
+        }));
+        let mut client = ExpansionServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let good = client
+            .expand(request(KV_ECHO_URN, "c_kv"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(good.error, "");
+        let env = good
+            .components
+            .unwrap()
+            .environments
+            .into_values()
+            .next()
+            .unwrap();
+        let url = ExternalPayload::decode(env.payload)
+            .unwrap()
+            .endpoint
+            .unwrap()
+            .url;
+        assert_eq!(url, POOL);
+        let bad = client
+            .expand(request("beam:transform:nope:v1", "c_kv"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(bad.error.contains("beam:transform:nope:v1"));
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
