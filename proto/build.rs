@@ -20,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Payloads stay reference-counted slices of the receive buffer instead of Vec copies.
         .bytes(".")
+        // Passed through untouched (see src/opaque.rs): keeps every field the SDK sent.
+        .extern_path(
+            ".org.apache.beam.model.pipeline.v1.Trigger",
+            "crate::opaque::OpaqueMessage",
+        )
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -4,10 +4,13 @@
 //! names, service paths and field numbers, so they are wire compatible with any
 //! Beam runner; fields we do not keep are skipped on decode.
 
-#![allow(clippy::all, missing_docs)]
+#![allow(missing_docs)]
+
+pub mod opaque;
 
 /// Generated code refers across packages with `super::` paths, so the module
 /// tree mirrors the proto packages; the short names below are what callers use.
+#[allow(clippy::all)]
 pub mod org {
     pub mod apache {
         pub mod beam {

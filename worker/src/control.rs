@@ -77,7 +77,7 @@ pub async fn run(
 ) -> Result<(), HarnessError> {
     let span = info_span!("worker", worker_id = %spec.worker_id, worker_serial = spec.serial);
     async move {
-        let _logs = match &spec.logging_url {
+        let logs = match &spec.logging_url {
             Some(url) => Some(logging::forward_to_runner(
                 spec.serial,
                 url,
@@ -109,7 +109,10 @@ pub async fn run(
             _ = cancel.cancelled() => Ok(()),
             result = harness.clone().serve_control() => result,
         };
-        // Releases the data streams' reader tasks along with everything else.
+        // Dropping the harness and the log guard half-closes the worker's data and
+        // logging streams; cancelling then bounds how long they may take to end.
+        drop(harness);
+        drop(logs);
         cancel.cancel();
         result
     }

@@ -22,6 +22,8 @@ use crate::grpc::{EndpointError, worker_channel};
 const REMEMBERED_FINISHED: usize = 10_000;
 /// Outbound `Elements` messages queued per channel before bundles wait.
 const OUTBOUND_QUEUE: usize = 32;
+/// How long a released worker's stream may take to close cleanly before it is reset.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A data stream problem, reported to the bundles it affects.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -309,58 +311,69 @@ impl Reader {
         mut commands: mpsc::UnboundedReceiver<Command>,
         cancel: CancellationToken,
     ) {
-        let reason = tokio::select! {
-            _ = cancel.cancelled() => "the worker is shutting down".to_owned(),
-            reason = async {
+        let url = self.url.clone();
+        let reason = {
+            let router = &mut self.router;
+            let stream = async {
                 match client.data(ReceiverStream::new(outbound)).await {
-                    Ok(response) => self.route(response.into_inner(), &mut commands).await,
+                    Ok(response) => route(router, response.into_inner(), &mut commands).await,
                     Err(status) => format!("could not open the data stream: {status}"),
                 }
-            } => reason,
+            };
+            tokio::pin!(stream);
+            tokio::select! {
+                reason = &mut stream => reason,
+                // Our side half-closes once the worker drops its senders; the runner
+                // then ends its side. Resetting the stream instead would show up as
+                // errors in the runner's log.
+                _ = cancel.cancelled() => tokio::time::timeout(CLOSE_GRACE, &mut stream)
+                    .await
+                    .unwrap_or_else(|_| "the worker is shutting down".to_owned()),
+            }
         };
-        debug!(url = %self.url, %reason, "data stream ended");
+        debug!(%url, %reason, "data stream ended");
         let _ = self.closed.set(reason.clone());
         self.router.fail_all(DataError::Closed {
             url: self.url.clone(),
             reason,
         });
     }
+}
 
-    /// Routes until the stream ends; returns why it ended.
-    async fn route(
-        &mut self,
-        mut inbound: tonic::Streaming<Elements>,
-        commands: &mut mpsc::UnboundedReceiver<Command>,
-    ) -> String {
-        loop {
-            tokio::select! {
-                // Registrations first, so held data reaches a bundle before newer data.
-                biased;
-                Some(command) = commands.recv() => match command {
-                    Command::Register { instruction_id, tx } => self.router.register(instruction_id, tx).await,
-                    Command::Finish { instruction_id } => self.router.finish(instruction_id),
-                },
-                message = inbound.message() => match message {
-                    Ok(Some(elements)) => self.dispatch(elements).await,
-                    Ok(None) => return "the runner closed it".into(),
-                    Err(status) => return format!("the runner's stream failed: {status}"),
-                },
-            }
+/// Routes until the stream ends; returns why it ended.
+async fn route(
+    router: &mut Router,
+    mut inbound: tonic::Streaming<Elements>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> String {
+    loop {
+        tokio::select! {
+            // Registrations first, so held data reaches a bundle before newer data.
+            biased;
+            Some(command) = commands.recv() => match command {
+                Command::Register { instruction_id, tx } => router.register(instruction_id, tx).await,
+                Command::Finish { instruction_id } => router.finish(instruction_id),
+            },
+            message = inbound.message() => match message {
+                Ok(Some(elements)) => dispatch(router, elements).await,
+                Ok(None) => return "the runner closed it".into(),
+                Err(status) => return format!("the runner's stream failed: {status}"),
+            },
         }
     }
+}
 
-    async fn dispatch(&mut self, elements: Elements) {
-        for data in elements.data {
-            let id = data.instruction_id.clone();
-            self.router.deliver(id, Inbound::Data(data)).await;
-        }
-        for timers in elements.timers {
-            let item = Inbound::Timers {
-                transform_id: timers.transform_id,
-                family: timers.timer_family_id,
-            };
-            self.router.deliver(timers.instruction_id, item).await;
-        }
+async fn dispatch(router: &mut Router, elements: Elements) {
+    for data in elements.data {
+        let id = data.instruction_id.clone();
+        router.deliver(id, Inbound::Data(data)).await;
+    }
+    for timers in elements.timers {
+        let item = Inbound::Timers {
+            transform_id: timers.transform_id,
+            family: timers.timer_family_id,
+        };
+        router.deliver(timers.instruction_id, item).await;
     }
 }
 

@@ -27,6 +27,7 @@ use crate::grpc::{EndpointError, worker_channel};
 const QUEUE: usize = 4096;
 const BATCH: usize = 256;
 const BATCH_WAIT: Duration = Duration::from_millis(100);
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Span field naming the worker whose runner receives the span's events.
 pub const WORKER_SERIAL_FIELD: &str = "worker_serial";
@@ -65,12 +66,18 @@ pub fn forward_to_runner(
     sinks_mut().insert(serial, tx);
     let url = url.to_owned();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            result = stream_entries(client, rx) => if let Err(status) = result {
-                // Not inside the worker's span, so this goes to stderr only.
-                tracing::warn!(%url, %status, "runner logging stream failed; logs go to stderr only");
-            }
+        let stream = stream_entries(client, rx);
+        tokio::pin!(stream);
+        let result = tokio::select! {
+            result = &mut stream => result,
+            // Dropping RunnerLogs ends the stream cleanly; only a stuck one is cut.
+            _ = cancel.cancelled() => tokio::time::timeout(CLOSE_GRACE, &mut stream)
+                .await
+                .unwrap_or(Ok(())),
+        };
+        if let Err(status) = result {
+            // Not inside the worker's span, so this goes to stderr only.
+            tracing::warn!(%url, %status, "runner logging stream failed; logs go to stderr only");
         }
     });
     Ok(RunnerLogs { serial })
