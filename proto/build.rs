@@ -4,6 +4,8 @@ const FILES: &[&str] = &[
     "org/apache/beam/model/pipeline/v1/endpoints.proto",
     "org/apache/beam/model/pipeline/v1/beam_runner_api.proto",
     "org/apache/beam/model/pipeline/v1/metrics.proto",
+    "org/apache/beam/model/pipeline/v1/schema.proto",
+    "org/apache/beam/model/pipeline/v1/external_transforms.proto",
     "org/apache/beam/model/fn_execution/v1/beam_fn_api.proto",
     "org/apache/beam/model/fn_execution/v1/beam_provision_api.proto",
     "org/apache/beam/model/expansion/v1/beam_expansion_api.proto",

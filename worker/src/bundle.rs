@@ -8,18 +8,25 @@ use std::sync::Arc;
 use beam_proto::fn_execution::{Elements, ProcessBundleResponse, elements};
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
-use tracing::debug;
+use tokio_stream::StreamExt;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{Instrument, debug};
 
 use crate::coders::CoderError;
 use crate::config::HarnessConfig;
 use crate::data::{DataChannel, DataChannels, DataError, Inbound};
+use crate::kafka::{self, KafkaError, PendingCommit, Producers, ReadOutcome, Writer};
 use crate::metrics;
-use crate::plan::StagePlan;
+use crate::plan::{Route, StagePlan, Stream};
 use crate::transforms::{self, ElementError, Pieces};
 
 /// Input chunks queued per bundle before the channel's reader waits.
 const INBOUND_QUEUE: usize = 16;
+/// Chunks a Kafka read may have ready before it waits for the bundle.
+const READ_QUEUE: usize = 4;
 /// Chunks above this size are processed on the blocking pool so a 100 MB chunk
 /// does not stall the async workers that serve other bundles.
 const BLOCKING_CHUNK_BYTES: usize = 4 << 20;
@@ -49,17 +56,53 @@ pub enum BundleError {
     },
     #[error("data stream ended before the bundle's input was complete")]
     InputClosed,
+    #[error("transform '{transform_id}': {source}")]
+    Kafka {
+        transform_id: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// The per-worker resources bundles share.
+pub struct WorkerResources {
+    pub channels: DataChannels,
+    pub producers: Producers,
+}
+
+/// A finished bundle: its response, and offsets to commit once the runner
+/// finalizes it (the response then asks for finalization).
+pub struct BundleOutcome {
+    pub response: ProcessBundleResponse,
+    pub commits: Vec<PendingCommit>,
+}
+
+/// Where a chunk entered the stage.
+#[derive(Debug, Clone, Copy)]
+enum StreamId {
+    Input(usize),
+    Read(usize),
+}
+
+impl StagePlan {
+    fn stream(&self, id: StreamId) -> &Stream {
+        match id {
+            StreamId::Input(i) => &self.inputs[i].stream,
+            StreamId::Read(r) => &self.reads[r].stream,
+        }
+    }
 }
 
 /// Runs `plan` for `instruction_id`; `embedded` is input carried in the request itself.
 pub async fn run(
     instruction_id: &str,
     plan: Arc<StagePlan>,
-    channels: &DataChannels,
+    resources: &WorkerResources,
     config: &HarnessConfig,
     embedded: Option<Elements>,
-) -> Result<ProcessBundleResponse, BundleError> {
-    let mut bundle = Bundle::new(instruction_id, plan.clone(), channels, config)?;
+) -> Result<BundleOutcome, BundleError> {
+    let channels = &resources.channels;
+    let mut bundle = Bundle::new(instruction_id, plan.clone(), resources, config)?;
     let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
     let _registration = bundle.register_inputs(channels, tx)?;
 
@@ -71,15 +114,23 @@ pub async fn run(
         t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         t
     });
-    while !bundle.input_complete() {
+    while !bundle.input_complete() || !bundle.reads_done() {
         tokio::select! {
-            item = rx.recv() => match item.ok_or(BundleError::InputClosed)? {
+            item = rx.recv(), if !bundle.input_complete() => match item.ok_or(BundleError::InputClosed)? {
                 Inbound::Data(data) => bundle.on_data(data).await?,
                 Inbound::Timers { transform_id, family } => {
                     return Err(BundleError::Timers { transform_id, family })
                 }
                 Inbound::Failed(e) => return Err(e.into()),
             },
+            Some((task, chunk)) = bundle.read_chunks.next(), if !bundle.read_chunks.is_empty() => {
+                let read = bundle.read_of_task[task];
+                bundle.on_chunk(StreamId::Read(read), chunk).await?;
+            }
+            Some(done) = bundle.reads.join_next(), if !bundle.reads.is_empty() => {
+                let (read, result) = done.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+                bundle.on_read_done(read, result)?;
+            }
             _ = tick(&mut ticker) => bundle.flush_all().await?,
         }
     }
@@ -121,21 +172,33 @@ struct Bundle<'a> {
     instruction_id: &'a str,
     plan: Arc<StagePlan>,
     flush_bytes: usize,
-    /// Elements read so far, per input.
+    /// Elements read so far, per runner input.
     counts: Vec<u64>,
-    /// Inputs still waiting for `is_last`.
+    /// Records read so far, per Kafka read.
+    read_counts: Vec<u64>,
+    /// Runner inputs still waiting for `is_last`.
     open: Vec<bool>,
     input_by_transform: HashMap<String, usize>,
     /// One outbox per sink data URL; `sink_outbox[i]` indexes it for sink i.
     outboxes: Vec<Outbox>,
     sink_outbox: Vec<usize>,
+    producers: &'a Producers,
+    /// Kafka writers, opened on their first element.
+    writers: Vec<Option<Writer>>,
+    /// Running Kafka reads, each reporting its read index when done.
+    reads: JoinSet<(usize, Result<ReadOutcome, KafkaError>)>,
+    /// Chunks the running reads produced, keyed by read task.
+    read_chunks: StreamMap<usize, ReceiverStream<Bytes>>,
+    /// Which read each task runs.
+    read_of_task: Vec<usize>,
+    commits: Vec<PendingCommit>,
 }
 
 impl<'a> Bundle<'a> {
     fn new(
         instruction_id: &'a str,
         plan: Arc<StagePlan>,
-        channels: &DataChannels,
+        resources: &'a WorkerResources,
         config: &HarnessConfig,
     ) -> Result<Self, BundleError> {
         let mut outboxes: Vec<Outbox> = Vec::new();
@@ -148,7 +211,7 @@ impl<'a> Bundle<'a> {
                 Some(i) => i,
                 None => {
                     outboxes.push(Outbox {
-                        channel: channels.get(&sink.data_url)?,
+                        channel: resources.channels.get(&sink.data_url)?,
                         entries: Vec::new(),
                         bytes: 0,
                     });
@@ -160,6 +223,7 @@ impl<'a> Bundle<'a> {
         Ok(Self {
             instruction_id,
             counts: vec![0; plan.inputs.len()],
+            read_counts: vec![0; plan.reads.len()],
             open: vec![true; plan.inputs.len()],
             input_by_transform: plan
                 .inputs
@@ -168,9 +232,15 @@ impl<'a> Bundle<'a> {
                 .map(|(i, input)| (input.port.transform_id.clone(), i))
                 .collect(),
             flush_bytes: config.flush_bytes.max(1),
-            plan,
             outboxes,
             sink_outbox,
+            producers: &resources.producers,
+            writers: plan.writes.iter().map(|_| None).collect(),
+            reads: JoinSet::new(),
+            read_chunks: StreamMap::new(),
+            read_of_task: Vec::new(),
+            commits: Vec::new(),
+            plan,
         })
     }
 
@@ -203,6 +273,10 @@ impl<'a> Bundle<'a> {
         !self.open.contains(&true)
     }
 
+    fn reads_done(&self) -> bool {
+        self.reads.is_empty() && self.read_chunks.is_empty()
+    }
+
     async fn on_data(&mut self, data: elements::Data) -> Result<(), BundleError> {
         let input = *self
             .input_by_transform
@@ -212,10 +286,7 @@ impl<'a> Bundle<'a> {
             return Err(BundleError::DataAfterLast(data.transform_id));
         }
         if !data.data.is_empty() {
-            let outputs = self.process_chunk(input, data.data).await?;
-            for (sink, pieces) in outputs {
-                self.push(sink, pieces).await?;
-            }
+            self.on_chunk(StreamId::Input(input), data.data).await?;
         }
         if data.is_last {
             self.open[input] = false;
@@ -223,28 +294,111 @@ impl<'a> Bundle<'a> {
         Ok(())
     }
 
-    /// Runs the stage over one chunk; returns the pieces for each reached sink.
-    async fn process_chunk(
-        &mut self,
-        input: usize,
-        chunk: Bytes,
-    ) -> Result<Vec<SinkPieces>, BundleError> {
+    /// Runs one chunk of a stream to everywhere it goes.
+    async fn on_chunk(&mut self, id: StreamId, chunk: Bytes) -> Result<(), BundleError> {
         let plan = self.plan.clone();
         let max_piece = self.flush_bytes;
+        let work = chunk.clone();
         let result = if chunk.len() > BLOCKING_CHUNK_BYTES {
-            tokio::task::spawn_blocking(move || run_chunk(&plan, input, &chunk, max_piece))
+            let plan = plan.clone();
+            tokio::task::spawn_blocking(move || run_chunk(plan.stream(id), &plan, &work, max_piece))
                 .await
                 .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         } else {
-            run_chunk(&plan, input, &chunk, max_piece)
+            run_chunk(plan.stream(id), &plan, &work, max_piece)
         };
-        let (elements, outputs) = result.map_err(|e| BundleError::Element {
-            transform_id: self.plan.inputs[input].port.transform_id.clone(),
-            index: self.counts[input] + e.index,
+        let (elements, outputs) = result.map_err(|e| self.element_error(id, e))?;
+        match id {
+            StreamId::Input(i) => self.counts[i] += elements,
+            StreamId::Read(r) => self.read_counts[r] += elements,
+        }
+        for (sink, pieces) in outputs {
+            self.push(sink, pieces).await?;
+        }
+        let stream = plan.stream(id);
+        for route in &stream.routes {
+            match *route {
+                Route::Sink { .. } => {}
+                Route::Write(w) => self.write(w, &stream.wire, &chunk).await?,
+                Route::Read(r) => {
+                    for _ in 0..elements {
+                        self.start_read(r);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn element_error(&self, id: StreamId, e: ElementError) -> BundleError {
+        let (transform_id, before) = match id {
+            StreamId::Input(i) => (&self.plan.inputs[i].port.transform_id, self.counts[i]),
+            StreamId::Read(r) => (&self.plan.reads[r].transform_id, self.read_counts[r]),
+        };
+        BundleError::Element {
+            transform_id: transform_id.clone(),
+            index: before + e.index,
             source: e.source,
+        }
+    }
+
+    async fn write(
+        &mut self,
+        w: usize,
+        wire: &crate::coders::WireCoder,
+        chunk: &[u8],
+    ) -> Result<(), BundleError> {
+        let plan = &self.plan.writes[w];
+        let kafka_error = |source| BundleError::Kafka {
+            transform_id: plan.transform_id.clone(),
+            source,
+        };
+        if self.writers[w].is_none() {
+            let producer = self
+                .producers
+                .get(&plan.config)
+                .await
+                .map_err(kafka_error)?;
+            self.writers[w] = Some(Writer::new(producer, &plan.config.topic));
+        }
+        if let Some(writer) = self.writers[w].as_mut() {
+            writer.write_chunk(wire, chunk).await.map_err(kafka_error)?;
+        }
+        Ok(())
+    }
+
+    /// Starts read `r` in its own task; its records come back as chunks.
+    fn start_read(&mut self, r: usize) {
+        let (tx, rx) = mpsc::channel(READ_QUEUE);
+        let task = self.read_of_task.len();
+        self.read_of_task.push(r);
+        self.read_chunks.insert(task, ReceiverStream::new(rx));
+        let plan = self.plan.clone();
+        let chunk_bytes = self.flush_bytes;
+        self.reads.spawn(
+            async move {
+                let read = &plan.reads[r];
+                (
+                    r,
+                    kafka::read(&read.config, &read.stream.wire, &tx, chunk_bytes).await,
+                )
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn on_read_done(
+        &mut self,
+        r: usize,
+        result: Result<ReadOutcome, KafkaError>,
+    ) -> Result<(), BundleError> {
+        let outcome = result.map_err(|source| BundleError::Kafka {
+            transform_id: self.plan.reads[r].transform_id.clone(),
+            source,
         })?;
-        self.counts[input] += elements;
-        Ok(outputs)
+        debug!(records = outcome.records, "Kafka read done");
+        self.commits.extend(outcome.commit);
+        Ok(())
     }
 
     async fn push(&mut self, sink: usize, pieces: Vec<Bytes>) -> Result<(), BundleError> {
@@ -273,8 +427,18 @@ impl<'a> Bundle<'a> {
         Ok(())
     }
 
-    /// Sends what is left plus `is_last` for every sink, then builds the response.
-    async fn finish(mut self) -> Result<ProcessBundleResponse, BundleError> {
+    /// Waits for Kafka acknowledgements, sends what is left plus `is_last` for
+    /// every sink, then builds the response.
+    async fn finish(mut self) -> Result<BundleOutcome, BundleError> {
+        for (w, writer) in std::mem::take(&mut self.writers).into_iter().enumerate() {
+            if let Some(writer) = writer {
+                let written = writer.finish().await.map_err(|source| BundleError::Kafka {
+                    transform_id: self.plan.writes[w].transform_id.clone(),
+                    source,
+                })?;
+                debug!(written, "Kafka write acknowledged");
+            }
+        }
         for (sink, port) in self.plan.sinks.iter().enumerate() {
             self.outboxes[self.sink_outbox[sink]]
                 .entries
@@ -286,10 +450,15 @@ impl<'a> Bundle<'a> {
                 });
         }
         self.flush_all().await?;
-        debug!(elements = ?self.counts, "bundle finished");
-        Ok(ProcessBundleResponse {
-            monitoring_infos: self.monitoring_infos(),
-            ..Default::default()
+        debug!(elements = ?self.counts, records = ?self.read_counts, "bundle finished");
+        let commits = std::mem::take(&mut self.commits);
+        Ok(BundleOutcome {
+            response: ProcessBundleResponse {
+                monitoring_infos: self.monitoring_infos(),
+                requires_finalization: !commits.is_empty(),
+                ..Default::default()
+            },
+            commits,
         })
     }
 
@@ -297,10 +466,25 @@ impl<'a> Bundle<'a> {
         let mut per_pcollection: HashMap<&str, u64> = HashMap::new();
         let mut infos = Vec::new();
         for (input, count) in self.plan.inputs.iter().zip(&self.counts) {
-            for pcoll in &input.pcollections {
+            infos.push(metrics::read_index(&input.port.transform_id, *count));
+        }
+        let streams = self
+            .plan
+            .inputs
+            .iter()
+            .map(|i| &i.stream)
+            .zip(&self.counts)
+            .chain(
+                self.plan
+                    .reads
+                    .iter()
+                    .map(|r| &r.stream)
+                    .zip(&self.read_counts),
+            );
+        for (stream, count) in streams {
+            for pcoll in &stream.pcollections {
                 *per_pcollection.entry(pcoll).or_default() += count;
             }
-            infos.push(metrics::read_index(&input.port.transform_id, *count));
         }
         let mut pcolls: Vec<_> = per_pcollection.into_iter().collect();
         pcolls.sort_unstable();
@@ -332,25 +516,26 @@ async fn flush(outbox: &mut Outbox) -> Result<(), BundleError> {
 /// Pieces bound for one sink, by index into [`StagePlan::sinks`].
 type SinkPieces = (usize, Vec<Bytes>);
 
-/// The stage over one chunk: element count and, per reached sink, its pieces.
+/// One chunk through a stream: its element count and, per reached sink, the
+/// pieces to send (the same zero-copy slices for every pass-through sink).
 fn run_chunk(
+    stream: &Stream,
     plan: &StagePlan,
-    input: usize,
     chunk: &Bytes,
     max_piece: usize,
 ) -> Result<(u64, Vec<SinkPieces>), ElementError> {
-    let input = &plan.inputs[input];
-    let mut outputs = Vec::with_capacity(input.routes.len());
+    let mut outputs = Vec::new();
     // The boundary scan validates and counts even when nothing is forwarded untouched.
-    let split: Pieces = transforms::split_whole_elements(&input.port.wire, chunk, max_piece)?;
-    for route in &input.routes {
-        let pieces = if route.pass_through {
-            split.pieces.clone()
-        } else {
-            let sink = &plan.sinks[route.sink].wire;
-            transforms::recode(&input.port.wire, sink, chunk, max_piece)?.pieces
-        };
-        outputs.push((route.sink, pieces));
+    let split: Pieces = transforms::split_whole_elements(&stream.wire, chunk, max_piece)?;
+    for route in &stream.routes {
+        if let Route::Sink { sink, pass_through } = *route {
+            let pieces = if pass_through {
+                split.pieces.clone()
+            } else {
+                transforms::recode(&stream.wire, &plan.sinks[sink].wire, chunk, max_piece)?.pieces
+            };
+            outputs.push((sink, pieces));
+        }
     }
     Ok((split.elements, outputs))
 }

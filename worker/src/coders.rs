@@ -91,13 +91,24 @@ pub enum Framing {
     Param(Bytes),
 }
 
-/// A resolved data-channel coder for `KV<K, V>` elements.
+/// The element inside the windowed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementCoder {
+    /// `KV<K, V>`: what the echo and the Kafka transforms carry.
+    Kv {
+        key: ComponentCoder,
+        value: ComponentCoder,
+    },
+    /// Plain bytes: the impulse element that starts a Kafka read.
+    Bytes,
+}
+
+/// A resolved data-channel coder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireCoder {
     pub framing: Framing,
     pub window: WindowCoder,
-    pub key: ComponentCoder,
-    pub value: ComponentCoder,
+    pub element: ElementCoder,
 }
 
 /// Borrowed view of one decoded element.
@@ -105,6 +116,7 @@ pub struct WireCoder {
 pub struct ElementParts<'a> {
     /// Raw `timestamp | windows | pane` bytes, in windowed-value layout.
     pub metadata: &'a [u8],
+    /// `None` for a null key, and for a plain-bytes element (which has no key).
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
 }
@@ -132,7 +144,7 @@ impl WireCoder {
             ));
         };
         let window = resolve_window(window_id, coders)?;
-        let (key, value) = resolve_kv(elem_id, coders)?;
+        let element = resolve_element(elem_id, coders)?;
         let framing = if urn == WINDOWED_VALUE_URN {
             Framing::Windowed
         } else {
@@ -153,8 +165,7 @@ impl WireCoder {
         Ok(WireCoder {
             framing,
             window,
-            key,
-            value,
+            element,
         })
     }
 
@@ -182,8 +193,12 @@ impl WireCoder {
             }
             Framing::Param(constant) => constant.as_ref(),
         };
-        let key = read_component(&mut r, self.key)?;
-        let value = read_component(&mut r, self.value)?;
+        let (key, value) = match self.element {
+            ElementCoder::Kv { key, value } => {
+                (read_component(&mut r, key)?, read_component(&mut r, value)?)
+            }
+            ElementCoder::Bytes => (None, read_component(&mut r, ComponentCoder::Bytes)?),
+        };
         Ok((
             ElementParts {
                 metadata,
@@ -205,8 +220,23 @@ impl WireCoder {
             Framing::Param(constant) if constant.as_ref() == parts.metadata => {}
             Framing::Param(_) => return Err(CoderError::ParamMismatch),
         }
-        write_component(out, self.key, parts.key, "key")?;
-        write_component(out, self.value, parts.value, "value")
+        match self.element {
+            ElementCoder::Kv { key, value } => {
+                write_component(out, key, parts.key, "key")?;
+                write_component(out, value, parts.value, "value")
+            }
+            ElementCoder::Bytes => {
+                write_component(out, ComponentCoder::Bytes, parts.value, "value")
+            }
+        }
+    }
+
+    /// The KV coder of the element, or `None` for a plain-bytes element.
+    pub fn kv(&self) -> Option<(ComponentCoder, ComponentCoder)> {
+        match self.element {
+            ElementCoder::Kv { key, value } => Some((key, value)),
+            ElementCoder::Bytes => None,
+        }
     }
 }
 
@@ -216,11 +246,12 @@ impl fmt::Display for WireCoder {
             Framing::Windowed => "windowed_value",
             Framing::Param(_) => "param_windowed_value",
         };
-        write!(
-            f,
-            "{framing}(kv({:?}, {:?}), {:?})",
-            self.key, self.value, self.window
-        )
+        match self.element {
+            ElementCoder::Kv { key, value } => {
+                write!(f, "{framing}(kv({key:?}, {value:?}), {:?})", self.window)
+            }
+            ElementCoder::Bytes => write!(f, "{framing}(bytes, {:?})", self.window),
+        }
     }
 }
 
@@ -238,6 +269,28 @@ pub fn resolve_kv(
         return Err(unsupported(id, urn, "expected 2 components (key, value)"));
     };
     Ok((resolve_component(k, coders)?, resolve_component(v, coders)?))
+}
+
+/// A data port's element: a supported `kv`, or plain `bytes` (an impulse).
+fn resolve_element(
+    id: &str,
+    coders: &HashMap<String, Coder>,
+) -> Result<ElementCoder, CoderResolveError> {
+    if lookup(id, coders)?.0 == KV_URN {
+        let (key, value) = resolve_kv(id, coders)?;
+        return Ok(ElementCoder::Kv { key, value });
+    }
+    match resolve_component(id, coders) {
+        Ok(ComponentCoder::Bytes) => Ok(ElementCoder::Bytes),
+        _ => {
+            let urn = lookup(id, coders)?.0;
+            Err(unsupported(
+                id,
+                urn,
+                "the element coder must be a KV (or bytes, for an impulse)",
+            ))
+        }
+    }
 }
 
 fn resolve_component(
@@ -467,6 +520,7 @@ mod tests {
             ("nbytes", coder(NULLABLE_URN, b"", &["bytes"])),
             ("lpbytes", coder(LENGTH_PREFIX_URN, b"", &["bytes"])),
             ("varint", coder("beam:coder:varint:v1", b"", &[])),
+            ("wvb", coder(WINDOWED_VALUE_URN, b"", &["bytes", "gw"])),
             ("kv", coder(KV_URN, b"", &["bytes", "bytes"])),
             ("kvn", coder(KV_URN, b"", &["nbytes", "nbytes"])),
             ("kvlp", coder(KV_URN, b"", &["lpbytes", "lpbytes"])),
@@ -656,6 +710,19 @@ mod tests {
         // A global-window element claiming 4 billion windows is scanned in O(1).
         let many_windows = hex("7fdf3b645a1cac09 ffffffff 0f 01 6b 01 76");
         assert_eq!(wire.decode(&many_windows).unwrap().1, many_windows.len());
+    }
+
+    #[test]
+    fn impulse_elements_are_plain_bytes() {
+        let wire = WireCoder::resolve("wvb", &coders()).unwrap();
+        assert_eq!(wire.element, ElementCoder::Bytes);
+        assert_eq!(wire.kv(), None);
+        let impulse = hex("7f df 3b 64 5a 1c ac 09 00 00 00 01 0f 00");
+        let (parts, len) = wire.decode(&impulse).unwrap();
+        assert_eq!(
+            (parts.key, parts.value, len),
+            (None, Some(&b""[..]), impulse.len())
+        );
     }
 
     #[test]

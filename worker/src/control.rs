@@ -24,10 +24,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::bundle;
+use crate::bundle::{self, WorkerResources};
 use crate::config::HarnessConfig;
 use crate::data::DataChannels;
 use crate::grpc::{EndpointError, WorkerChannel, worker_channel};
+use crate::kafka::{PendingCommit, Producers};
 use crate::logging;
 use crate::plan::{self, PlanError, StagePlan};
 use crate::pool::Lifecycle;
@@ -64,7 +65,10 @@ struct Harness {
     config: HarnessConfig,
     control: BeamFnControlClient<WorkerChannel>,
     plans: Mutex<HashMap<String, Arc<OnceCell<CachedPlan>>>>,
-    channels: DataChannels,
+    resources: WorkerResources,
+    /// Kafka offsets of finished bundles, committed when the runner finalizes them.
+    /// Never finalized (a failed job) means never committed: those records are read again.
+    pending_commits: Mutex<HashMap<String, Vec<PendingCommit>>>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -94,11 +98,15 @@ pub async fn run(
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let harness = Arc::new(Harness {
-            channels: DataChannels::new(
-                &spec.worker_id,
-                config.max_pending_bytes,
-                cancel.child_token(),
-            ),
+            resources: WorkerResources {
+                channels: DataChannels::new(
+                    &spec.worker_id,
+                    config.max_pending_bytes,
+                    cancel.child_token(),
+                ),
+                producers: Producers::default(),
+            },
+            pending_commits: Mutex::new(HashMap::new()),
             spec,
             config,
             control,
@@ -182,9 +190,10 @@ impl Harness {
             Some(Request::ProcessBundleSplit(_)) => {
                 Ok(Response::ProcessBundleSplit(ProcessBundleSplitResponse {}))
             }
-            Some(Request::FinalizeBundle(_)) => {
-                Ok(Response::FinalizeBundle(FinalizeBundleResponse {}))
-            }
+            Some(Request::FinalizeBundle(f)) => self
+                .finalize(&f.instruction_id)
+                .await
+                .map(|()| Response::FinalizeBundle(FinalizeBundleResponse {})),
             Some(Request::MonitoringInfos(_)) => Ok(Response::MonitoringInfos(
                 MonitoringInfosMetadataResponse::default(),
             )),
@@ -225,15 +234,42 @@ impl Harness {
         let result = bundle::run(
             instruction_id,
             plan,
-            &self.channels,
+            &self.resources,
             &self.config,
             request.elements,
         )
         .await;
-        result.map_err(|e| {
-            warn!(error = %e, "bundle failed");
-            format!("bundle {instruction_id} failed: {e}")
-        })
+        match result {
+            Ok(outcome) => {
+                if !outcome.commits.is_empty() {
+                    self.commits()
+                        .insert(instruction_id.to_owned(), outcome.commits);
+                }
+                Ok(outcome.response)
+            }
+            Err(e) => {
+                warn!(error = %e, "bundle failed");
+                Err(format!("bundle {instruction_id} failed: {e}"))
+            }
+        }
+    }
+
+    /// The runner has durably taken the bundle's output: commit what it read.
+    async fn finalize(&self, instruction_id: &str) -> Result<(), String> {
+        let commits = self.commits().remove(instruction_id).unwrap_or_default();
+        for commit in commits {
+            commit
+                .commit()
+                .await
+                .map_err(|e| format!("finalizing bundle {instruction_id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn commits(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<PendingCommit>>> {
+        self.pending_commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The plan for `descriptor_id`, fetching the descriptor once per worker.

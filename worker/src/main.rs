@@ -1,5 +1,6 @@
 //! `beam-rust-worker`: the command-line shell around the pool and the expansion service.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -138,7 +139,14 @@ fn init_tracing(level: &str) -> Result<()> {
     .with_context(|| format!("invalid --log-level {level:?}"))?;
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only where a person reads them, not in log files.
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                ),
+        )
         .with(logging::RunnerLogLayer)
         .init();
     Ok(())

@@ -10,7 +10,8 @@ use beam_proto::fn_execution::{ProcessBundleDescriptor, RemoteGrpcPort};
 use beam_proto::pipeline::{PTransform, ParDoPayload};
 use prost::Message;
 
-use crate::coders::{CoderResolveError, WireCoder};
+use crate::coders::{CoderResolveError, ElementCoder, Framing, WindowCoder, WireCoder};
+use crate::kafka::{KAFKA_READ_URN, KAFKA_WRITE_URN, KafkaError, ReadConfig, WriteConfig};
 use crate::transforms::{KV_ECHO_URN, SUPPORTED_TRANSFORMS};
 
 pub const SOURCE_URN: &str = "beam:runner:source:v1";
@@ -35,12 +36,17 @@ pub enum PlanError {
         #[source]
         source: CoderResolveError,
     },
+    #[error("transform '{id}': {source}")]
+    Config {
+        id: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error(
-        "sink '{sink}' uses a {sink_window:?} window coder but its input from '{source_id}' \
-         arrives with {source_window:?}; the echo cannot change windows"
+        "sink '{sink}' uses a {sink_window:?} window coder but its input arrives with \
+         {source_window:?}; the echo cannot change windows"
     )]
     WindowMismatch {
-        source_id: String,
         sink: String,
         source_window: crate::coders::WindowCoder,
         sink_window: crate::coders::WindowCoder,
@@ -55,22 +61,48 @@ pub struct Port {
     pub wire: WireCoder,
 }
 
-/// One `beam:runner:source:v1` and everything its elements reach.
+/// Elements entering the stage at one point (a runner source or a Kafka read),
+/// all encoded with `wire`, and everywhere they go from there.
 #[derive(Debug, Clone)]
-pub struct InputPlan {
-    pub port: Port,
-    /// PCollections every element of this input passes through, for element counts.
+pub struct Stream {
+    pub wire: WireCoder,
+    /// PCollections every element passes through (the echo is the identity), for element counts.
     pub pcollections: Vec<String>,
-    /// Sinks this input's elements reach through echoes.
     pub routes: Vec<Route>,
 }
 
+/// Where a stream's elements end up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// Index into [`StagePlan::sinks`].
-    pub sink: usize,
-    /// Source and sink encode identically: forward chunks without decoding.
-    pub pass_through: bool,
+pub enum Route {
+    /// A runner sink (index into [`StagePlan::sinks`]); `pass_through` when both
+    /// ends encode identically, so chunks are forwarded without decoding.
+    Sink { sink: usize, pass_through: bool },
+    /// A Kafka write (index into [`StagePlan::writes`]).
+    Write(usize),
+    /// Each element starts a Kafka read (index into [`StagePlan::reads`]).
+    Read(usize),
+}
+
+/// One `beam:runner:source:v1`.
+#[derive(Debug, Clone)]
+pub struct InputPlan {
+    pub port: Port,
+    pub stream: Stream,
+}
+
+/// One Kafka read; its records form a stream of their own.
+#[derive(Debug, Clone)]
+pub struct ReadPlan {
+    pub transform_id: String,
+    pub config: ReadConfig,
+    pub stream: Stream,
+}
+
+/// One Kafka write.
+#[derive(Debug, Clone)]
+pub struct WritePlan {
+    pub transform_id: String,
+    pub config: WriteConfig,
 }
 
 /// An executable stage.
@@ -78,6 +110,8 @@ pub struct Route {
 pub struct StagePlan {
     pub descriptor_id: String,
     pub inputs: Vec<InputPlan>,
+    pub reads: Vec<ReadPlan>,
+    pub writes: Vec<WritePlan>,
     /// Every sink gets `is_last` at bundle end, whether or not anything reaches it.
     pub sinks: Vec<Port>,
 }
@@ -101,29 +135,84 @@ enum Kind {
     Source,
     Sink,
     Echo,
+    Read(ReadConfig),
+    Write(WriteConfig),
 }
 
 /// Builds the plan, or says everything that stops this descriptor from running.
 pub fn build(descriptor: &ProcessBundleDescriptor) -> Result<StagePlan, PlanError> {
     let kinds = classify_all(descriptor)?;
-    let port = |id: &str, t: &PTransform| read_port(id, t, descriptor);
-
-    let mut sink_ids: Vec<&String> = kinds
-        .iter()
-        .filter(|(_, k)| matches!(k, Kind::Sink))
-        .map(|(id, _)| *id)
-        .collect();
-    sink_ids.sort();
+    let ids_of = |want: fn(&Kind) -> bool| {
+        let mut ids: Vec<&str> = kinds
+            .iter()
+            .filter(|(_, k)| want(k))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let sink_ids = ids_of(|k| matches!(k, Kind::Sink));
+    let read_ids = ids_of(|k| matches!(k, Kind::Read(_)));
+    let write_ids = ids_of(|k| matches!(k, Kind::Write(_)));
     let sinks = sink_ids
         .iter()
-        .map(|id| port(id, &descriptor.transforms[*id]))
+        .map(|id| read_port(id, &descriptor.transforms[*id], descriptor))
         .collect::<Result<Vec<_>, _>>()?;
-    let sink_index: HashMap<&str, usize> = sink_ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
+    let graph = Graph {
+        descriptor,
+        kinds: &kinds,
+        consumers: consumers(descriptor),
+        sinks: &sinks,
+        sink_index: index(&sink_ids),
+        read_index: index(&read_ids),
+        write_index: index(&write_ids),
+    };
 
+    let mut inputs = Vec::new();
+    for id in ids_of(|k| matches!(k, Kind::Source)) {
+        let t = &descriptor.transforms[id];
+        let port = read_port(id, t, descriptor)?;
+        let stream = graph.stream(single(id, "output", &t.outputs)?, &port.wire)?;
+        inputs.push(InputPlan { port, stream });
+    }
+    let mut reads = Vec::new();
+    for id in read_ids {
+        let t = &descriptor.transforms[id];
+        let Kind::Read(config) = &kinds[&id.to_owned()] else {
+            continue;
+        };
+        let output = single(id, "output", &t.outputs)?;
+        let wire = record_wire(id, output, descriptor)?;
+        reads.push(ReadPlan {
+            transform_id: id.to_owned(),
+            config: config.clone(),
+            stream: graph.stream(output, &wire)?,
+        });
+    }
+    let writes = write_ids
+        .iter()
+        .filter_map(|id| match &kinds[&id.to_string()] {
+            Kind::Write(config) => Some(WritePlan {
+                transform_id: id.to_string(),
+                config: config.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok(StagePlan {
+        descriptor_id: descriptor.id.clone(),
+        inputs,
+        reads,
+        writes,
+        sinks,
+    })
+}
+
+fn index<'a>(ids: &[&'a str]) -> HashMap<&'a str, usize> {
+    ids.iter().enumerate().map(|(i, id)| (*id, i)).collect()
+}
+
+fn consumers(descriptor: &ProcessBundleDescriptor) -> HashMap<&str, Vec<&str>> {
     let mut consumers: HashMap<&str, Vec<&str>> = HashMap::new();
     for (id, t) in &descriptor.transforms {
         for pcoll in t.inputs.values() {
@@ -133,65 +222,113 @@ pub fn build(descriptor: &ProcessBundleDescriptor) -> Result<StagePlan, PlanErro
                 .push(id.as_str());
         }
     }
+    consumers
+}
 
-    let mut source_ids: Vec<&String> = kinds
-        .iter()
-        .filter(|(_, k)| matches!(k, Kind::Source))
-        .map(|(id, _)| *id)
-        .collect();
-    source_ids.sort();
-    let mut inputs = Vec::new();
-    for id in source_ids {
-        let t = &descriptor.transforms[id];
-        let source = port(id, t)?;
-        let start = single(id, "output", &t.outputs)?;
-        let mut plan = InputPlan {
-            port: source,
+/// Kafka records travel inside the stage in KafkaIO's shape: a windowed value in
+/// the global window whose element is the read's output `kv` coder.
+fn record_wire(
+    id: &str,
+    output: &str,
+    d: &ProcessBundleDescriptor,
+) -> Result<WireCoder, PlanError> {
+    let coder_id = d
+        .pcollections
+        .get(output)
+        .map(|p| p.coder_id.as_str())
+        .ok_or_else(|| PlanError::Malformed {
+            id: id.to_owned(),
+            why: format!("its output PCollection '{output}' is not in the descriptor"),
+        })?;
+    let (key, value) =
+        crate::coders::resolve_kv(coder_id, &d.coders).map_err(|source| PlanError::Coder {
+            id: id.to_owned(),
+            source,
+        })?;
+    Ok(WireCoder {
+        framing: Framing::Windowed,
+        window: WindowCoder::Global,
+        element: ElementCoder::Kv { key, value },
+    })
+}
+
+/// The stage's transforms and how they connect, for walking streams.
+struct Graph<'a> {
+    descriptor: &'a ProcessBundleDescriptor,
+    kinds: &'a HashMap<&'a String, Kind>,
+    consumers: HashMap<&'a str, Vec<&'a str>>,
+    sinks: &'a [Port],
+    sink_index: HashMap<&'a str, usize>,
+    read_index: HashMap<&'a str, usize>,
+    write_index: HashMap<&'a str, usize>,
+}
+
+impl Graph<'_> {
+    /// Follows elements from `start` through echoes to where they leave the stage.
+    fn stream(&self, start: &str, wire: &WireCoder) -> Result<Stream, PlanError> {
+        let mut stream = Stream {
+            wire: wire.clone(),
             pcollections: Vec::new(),
             routes: Vec::new(),
         };
         let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([start]);
+        let mut queue = VecDeque::from([start.to_owned()]);
         while let Some(pcoll) = queue.pop_front() {
-            if !seen.insert(pcoll) {
+            if !seen.insert(pcoll.clone()) {
                 continue;
             }
-            plan.pcollections.push(pcoll.to_owned());
-            for consumer in consumers.get(pcoll).into_iter().flatten() {
-                match kinds[&consumer.to_string()] {
-                    Kind::Echo => queue.push_back(single(
-                        consumer,
-                        "output",
-                        &descriptor.transforms[*consumer].outputs,
-                    )?),
-                    Kind::Sink => {
-                        let sink = sink_index[consumer];
-                        plan.routes.push(route(&plan.port, &sinks[sink], sink)?);
+            for consumer in self.consumers.get(pcoll.as_str()).into_iter().flatten() {
+                let needs_kv = || {
+                    if wire.kv().is_none() {
+                        return Err(PlanError::Malformed {
+                            id: consumer.to_string(),
+                            why: format!("it needs KV elements but receives {wire}"),
+                        });
                     }
+                    Ok(())
+                };
+                match &self.kinds[&consumer.to_string()] {
+                    Kind::Echo => {
+                        needs_kv()?;
+                        let t = &self.descriptor.transforms[*consumer];
+                        queue.push_back(single(consumer, "output", &t.outputs)?.to_owned());
+                    }
+                    Kind::Sink => {
+                        let sink = self.sink_index[consumer];
+                        stream
+                            .routes
+                            .push(route(consumer, wire, &self.sinks[sink], sink)?);
+                    }
+                    Kind::Write(_) => {
+                        needs_kv()?;
+                        stream.routes.push(Route::Write(self.write_index[consumer]));
+                    }
+                    Kind::Read(_) => stream.routes.push(Route::Read(self.read_index[consumer])),
                     Kind::Source => {}
                 }
             }
+            stream.pcollections.push(pcoll);
         }
-        inputs.push(plan);
+        Ok(stream)
     }
-    Ok(StagePlan {
-        descriptor_id: descriptor.id.clone(),
-        inputs,
-        sinks,
-    })
 }
 
-fn route(source: &Port, sink: &Port, index: usize) -> Result<Route, PlanError> {
-    let pass_through = source.wire.same_encoding(&sink.wire);
-    if !pass_through && source.wire.window != sink.wire.window {
+fn route(sink_id: &str, wire: &WireCoder, sink: &Port, index: usize) -> Result<Route, PlanError> {
+    let pass_through = wire.same_encoding(&sink.wire);
+    if !pass_through && wire.window != sink.wire.window {
         return Err(PlanError::WindowMismatch {
-            source_id: source.transform_id.clone(),
-            sink: sink.transform_id.clone(),
-            source_window: source.wire.window,
+            sink: sink_id.to_owned(),
+            source_window: wire.window,
             sink_window: sink.wire.window,
         });
     }
-    Ok(Route {
+    if !pass_through && wire.kv().is_some() != sink.wire.kv().is_some() {
+        return Err(PlanError::Malformed {
+            id: sink_id.to_owned(),
+            why: format!("it expects {} but receives {wire}", sink.wire),
+        });
+    }
+    Ok(Route::Sink {
         sink: index,
         pass_through,
     })
@@ -205,8 +342,12 @@ fn classify_all(descriptor: &ProcessBundleDescriptor) -> Result<HashMap<&String,
     ids.sort();
     for id in ids {
         let t = &descriptor.transforms[id];
-        let urn = t.spec.as_ref().map(|s| s.urn.as_str()).unwrap_or("");
-        let kind = match urn {
+        let spec = t.spec.clone().unwrap_or_default();
+        let config_error = |source: KafkaError| PlanError::Config {
+            id: id.clone(),
+            source,
+        };
+        let kind = match spec.urn.as_str() {
             SOURCE_URN => Kind::Source,
             SINK_URN => Kind::Sink,
             KV_ECHO_URN => {
@@ -214,9 +355,16 @@ fn classify_all(descriptor: &ProcessBundleDescriptor) -> Result<HashMap<&String,
                 single(id, "output", &t.outputs)?;
                 Kind::Echo
             }
+            KAFKA_READ_URN => {
+                Kind::Read(ReadConfig::from_payload(&spec.payload).map_err(config_error)?)
+            }
+            KAFKA_WRITE_URN => {
+                single(id, "input", &t.inputs)?;
+                Kind::Write(WriteConfig::from_payload(&spec.payload).map_err(config_error)?)
+            }
             // A composite's parts are listed on their own; the composite itself runs nothing.
             _ if !t.subtransforms.is_empty() => continue,
-            _ => {
+            urn => {
                 unsupported.push(describe(id, t, urn));
                 continue;
             }
@@ -380,10 +528,10 @@ mod tests {
         assert_eq!(plan.sinks.len(), 1);
         let input = &plan.inputs[0];
         assert_eq!(input.port.transform_id, "fn/read/a");
-        assert_eq!(input.pcollections, ["a", "b"]);
+        assert_eq!(input.stream.pcollections, ["a", "b"]);
         assert_eq!(
-            input.routes,
-            [Route {
+            input.stream.routes,
+            [Route::Sink {
                 sink: 0,
                 pass_through: true
             }]
@@ -394,7 +542,13 @@ mod tests {
     #[test]
     fn different_wire_coders_recode() {
         let plan = build(&descriptor("wvn", None)).unwrap();
-        assert!(!plan.inputs[0].routes[0].pass_through);
+        assert_eq!(
+            plan.inputs[0].stream.routes,
+            [Route::Sink {
+                sink: 0,
+                pass_through: false
+            }]
+        );
         let err = build(&descriptor("wvi", None)).unwrap_err();
         assert!(matches!(err, PlanError::WindowMismatch { .. }), "{err}");
     }

@@ -13,7 +13,11 @@ use crate::coders::{CoderError, WireCoder};
 pub const KV_ECHO_URN: &str = "beam:transform:rust_worker:kv_echo:v1";
 
 /// What users are told this worker can run.
-pub const SUPPORTED_TRANSFORMS: &[&str] = &[KV_ECHO_URN];
+pub const SUPPORTED_TRANSFORMS: &[&str] = &[
+    KV_ECHO_URN,
+    crate::kafka::KAFKA_READ_URN,
+    crate::kafka::KAFKA_WRITE_URN,
+];
 
 /// A malformed element, located within its bundle's input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,14 +120,16 @@ fn locate(source: CoderError, index: u64, element_start: usize) -> ElementError 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coders::{ComponentCoder, Framing, WindowCoder};
+    use crate::coders::{ComponentCoder, ElementCoder, Framing, WindowCoder};
 
     fn wire(key: ComponentCoder) -> WireCoder {
         WireCoder {
             framing: Framing::Windowed,
             window: WindowCoder::Global,
-            key,
-            value: ComponentCoder::Bytes,
+            element: ElementCoder::Kv {
+                key,
+                value: ComponentCoder::Bytes,
+            },
         }
     }
 

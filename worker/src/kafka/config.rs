@@ -1,0 +1,134 @@
+//! Kafka transform configuration, read from the schema Row of the transform's
+//! `ExternalConfigurationPayload` (field names follow `apache_beam.io.kafka`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::KafkaError;
+use crate::row::Config;
+
+const READ_FIELDS: &[&str] = &[
+    "consumer_config",
+    "topics",
+    "max_num_records",
+    "max_read_time",
+    "commit_offset_in_finalize",
+];
+const WRITE_FIELDS: &[&str] = &["producer_config", "topic"];
+
+/// A bounded read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadConfig {
+    /// librdkafka consumer properties, passed through (`bootstrap.servers` required).
+    pub consumer: BTreeMap<String, String>,
+    pub topics: Vec<String>,
+    /// Stop after this many records in a read.
+    pub max_num_records: Option<u64>,
+    /// Stop after this long.
+    pub max_read_time: Option<Duration>,
+    /// Commit the consumer group's offsets once the runner finalizes the bundle.
+    pub commit_offsets: bool,
+}
+
+/// A write to one topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteConfig {
+    pub producer: BTreeMap<String, String>,
+    pub topic: String,
+}
+
+impl ReadConfig {
+    pub fn from_payload(payload: &[u8]) -> Result<Self, KafkaError> {
+        let err = |why: String| KafkaError::Config {
+            transform: "Kafka read",
+            why,
+        };
+        let c = Config::from_payload(payload).map_err(|e| err(e.to_string()))?;
+        reject_unknown(&c, READ_FIELDS).map_err(err)?;
+        let consumer = c
+            .string_map("consumer_config")
+            .map_err(|e| err(e.to_string()))?;
+        require_bootstrap(&consumer).map_err(err)?;
+        let topics = c.strings("topics").map_err(|e| err(e.to_string()))?;
+        if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+            return Err(err("`topics` must name at least one topic".into()));
+        }
+        let non_negative = |name: &str| -> Result<Option<u64>, KafkaError> {
+            match c.int(name).map_err(|e| err(e.to_string()))? {
+                Some(v) if v < 0 => Err(err(format!("`{name}` must not be negative, got {v}"))),
+                v => Ok(v.map(|v| v as u64)),
+            }
+        };
+        let commit_offsets = c
+            .bool("commit_offset_in_finalize")
+            .map_err(|e| err(e.to_string()))?
+            .unwrap_or(false);
+        if commit_offsets && !consumer.contains_key("group.id") {
+            return Err(err(
+                "`commit_offset_in_finalize` needs a `group.id` in `consumer_config`".into(),
+            ));
+        }
+        Ok(Self {
+            max_num_records: non_negative("max_num_records")?,
+            max_read_time: non_negative("max_read_time")?.map(Duration::from_secs),
+            consumer,
+            topics,
+            commit_offsets,
+        })
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        bootstrap(&self.consumer)
+    }
+}
+
+impl WriteConfig {
+    pub fn from_payload(payload: &[u8]) -> Result<Self, KafkaError> {
+        let err = |why: String| KafkaError::Config {
+            transform: "Kafka write",
+            why,
+        };
+        let c = Config::from_payload(payload).map_err(|e| err(e.to_string()))?;
+        reject_unknown(&c, WRITE_FIELDS).map_err(err)?;
+        let producer = c
+            .string_map("producer_config")
+            .map_err(|e| err(e.to_string()))?;
+        require_bootstrap(&producer).map_err(err)?;
+        let topic = c
+            .string("topic")
+            .map_err(|e| err(e.to_string()))?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| err("`topic` is required".into()))?;
+        Ok(Self { producer, topic })
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        bootstrap(&self.producer)
+    }
+}
+
+fn bootstrap(config: &BTreeMap<String, String>) -> &str {
+    config
+        .get("bootstrap.servers")
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+fn require_bootstrap(config: &BTreeMap<String, String>) -> Result<(), String> {
+    if bootstrap(config).is_empty() {
+        return Err("`bootstrap.servers` is required in the client configuration".into());
+    }
+    Ok(())
+}
+
+fn reject_unknown(c: &Config, known: &[&str]) -> Result<(), String> {
+    let unknown = c.unknown_fields(known);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "unsupported field(s) {}; supported are {}",
+        unknown.join(", "),
+        known.join(", ")
+    ))
+}

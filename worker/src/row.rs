@@ -1,0 +1,383 @@
+//! Reads the configuration of a cross-language transform: an
+//! `ExternalConfigurationPayload` holds a schema and one Row encoded with Beam's
+//! row coder (field count, null bitmap, then each present field in order).
+//! This is how Beam's own cross-language transforms (KafkaIO included) are
+//! configured, so Java, Go and Python pipelines can all build it.
+
+use std::collections::BTreeMap;
+
+use beam_proto::pipeline::field_type::TypeInfo;
+use beam_proto::pipeline::{AtomicType, ExternalConfigurationPayload, FieldType, Schema};
+use prost::Message;
+
+/// A decoded field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+}
+
+/// A configuration that cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowError {
+    #[error("the payload is not an ExternalConfigurationPayload: {0}")]
+    Payload(String),
+    #[error("field '{field}': {why}")]
+    Field { field: String, why: String },
+    #[error("the row is truncated or malformed at byte {0}")]
+    Truncated(usize),
+    #[error("the row has {found} fields but its schema {expected}")]
+    FieldCount { found: u64, expected: usize },
+}
+
+/// The configuration's fields by name; absent and null fields are both missing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Config(pub BTreeMap<String, Value>);
+
+impl Config {
+    /// Decodes a transform payload (an encoded `ExternalConfigurationPayload`).
+    pub fn from_payload(payload: &[u8]) -> Result<Config, RowError> {
+        let p = ExternalConfigurationPayload::decode(payload)
+            .map_err(|e| RowError::Payload(e.to_string()))?;
+        let schema = p.schema.unwrap_or_default();
+        decode_row(&schema, &p.payload)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| **v != Value::Null)
+    }
+
+    /// Names of fields that are set but not in `known`, so typos are reported.
+    pub fn unknown_fields(&self, known: &[&str]) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, v)| **v != Value::Null && !known.contains(&k.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    pub fn string(&self, name: &str) -> Result<Option<String>, RowError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(wrong(name, "a string", other)),
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Result<Option<i64>, RowError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Int(i)) => Ok(Some(*i)),
+            Some(other) => Err(wrong(name, "an integer", other)),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, RowError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(wrong(name, "a boolean", other)),
+        }
+    }
+
+    pub fn strings(&self, name: &str) -> Result<Vec<String>, RowError> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::List(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Str(s) => Ok(s.clone()),
+                    other => Err(wrong(name, "a list of strings", other)),
+                })
+                .collect(),
+            Some(other) => Err(wrong(name, "a list of strings", other)),
+        }
+    }
+
+    pub fn string_map(&self, name: &str) -> Result<BTreeMap<String, String>, RowError> {
+        match self.get(name) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Map(entries)) => entries
+                .iter()
+                .map(|(k, v)| match (k, v) {
+                    (Value::Str(k), Value::Str(v)) => Ok((k.clone(), v.clone())),
+                    _ => Err(wrong(name, "a map of strings to strings", v)),
+                })
+                .collect(),
+            Some(other) => Err(wrong(name, "a map of strings to strings", other)),
+        }
+    }
+}
+
+fn wrong(field: &str, expected: &str, found: &Value) -> RowError {
+    RowError::Field {
+        field: field.to_owned(),
+        why: format!("expected {expected}, found {found:?}"),
+    }
+}
+
+/// Decodes `bytes` as one row of `schema`.
+pub fn decode_row(schema: &Schema, bytes: &[u8]) -> Result<Config, RowError> {
+    let mut r = Cursor { buf: bytes, pos: 0 };
+    let mut fields: Vec<_> = schema.fields.iter().collect();
+    if schema.encoding_positions_set {
+        fields.sort_by_key(|f| f.encoding_position);
+    }
+    let count = r.varint()?;
+    if count as usize != fields.len() {
+        return Err(RowError::FieldCount {
+            found: count,
+            expected: fields.len(),
+        });
+    }
+    let bitmap_len = r.varint()? as usize;
+    let bitmap = r.take(bitmap_len)?.to_vec();
+    let is_null = |i: usize| bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+    let mut out = BTreeMap::new();
+    for (i, field) in fields.iter().enumerate() {
+        let value = if is_null(i) {
+            Value::Null
+        } else {
+            let ty = field.r#type.as_ref().ok_or_else(|| RowError::Field {
+                field: field.name.clone(),
+                why: "the schema gives it no type".into(),
+            })?;
+            r.value(ty).map_err(|e| match e {
+                RowError::Truncated(_) | RowError::Field { .. } => RowError::Field {
+                    field: field.name.clone(),
+                    why: e.to_string(),
+                },
+                other => other,
+            })?
+        };
+        out.insert(field.name.clone(), value);
+    }
+    Ok(Config(out))
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RowError> {
+        if self.buf.len() - self.pos < n {
+            return Err(RowError::Truncated(self.pos));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn varint(&mut self) -> Result<u64, RowError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.take(1)?[0];
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(RowError::Truncated(self.pos))
+    }
+
+    fn fixed_count(&mut self) -> Result<usize, RowError> {
+        let b = self.take(4)?;
+        let n = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        usize::try_from(n).map_err(|_| RowError::Field {
+            field: String::new(),
+            why: "collections of unknown size (-1 counts) are not supported".into(),
+        })
+    }
+
+    fn value(&mut self, ty: &FieldType) -> Result<Value, RowError> {
+        let unsupported = |what: &str| RowError::Field {
+            field: String::new(),
+            why: format!("{what} values are not supported in configuration"),
+        };
+        match &ty.type_info {
+            Some(TypeInfo::AtomicType(t)) => match AtomicType::try_from(*t) {
+                Ok(AtomicType::Int64 | AtomicType::Int32 | AtomicType::Int16) => {
+                    Ok(Value::Int(self.varint()? as i64))
+                }
+                Ok(AtomicType::Byte) => Ok(Value::Int(i64::from(self.take(1)?[0] as i8))),
+                Ok(AtomicType::Boolean) => Ok(Value::Bool(self.take(1)?[0] != 0)),
+                Ok(AtomicType::Double) => {
+                    let b = self.take(8)?;
+                    Ok(Value::Double(f64::from_be_bytes(
+                        b.try_into().unwrap_or([0; 8]),
+                    )))
+                }
+                Ok(AtomicType::String) => {
+                    let len = self.varint()? as usize;
+                    let at = self.pos;
+                    let s = std::str::from_utf8(self.take(len)?)
+                        .map_err(|_| RowError::Truncated(at))?;
+                    Ok(Value::Str(s.to_owned()))
+                }
+                Ok(AtomicType::Bytes) => {
+                    let len = self.varint()? as usize;
+                    Ok(Value::Bytes(self.take(len)?.to_vec()))
+                }
+                _ => Err(unsupported(&format!("atomic type {t}"))),
+            },
+            Some(TypeInfo::ArrayType(a)) => self.list(a.element_type.as_deref()),
+            Some(TypeInfo::IterableType(a)) => self.list(a.element_type.as_deref()),
+            Some(TypeInfo::MapType(m)) => {
+                let (Some(k), Some(v)) = (&m.key_type, &m.value_type) else {
+                    return Err(unsupported("untyped map"));
+                };
+                let n = self.fixed_count()?;
+                let mut entries = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    entries.push((self.nullable(k)?, self.nullable(v)?));
+                }
+                Ok(Value::Map(entries))
+            }
+            None => Err(unsupported("row, logical-type or untyped")),
+        }
+    }
+
+    fn list(&mut self, element: Option<&FieldType>) -> Result<Value, RowError> {
+        let element = element.ok_or_else(|| RowError::Field {
+            field: String::new(),
+            why: "list without an element type".into(),
+        })?;
+        let n = self.fixed_count()?;
+        let mut items = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            items.push(self.nullable(element)?);
+        }
+        Ok(Value::List(items))
+    }
+
+    /// Nested nullable values carry a one-byte presence marker.
+    fn nullable(&mut self, ty: &FieldType) -> Result<Value, RowError> {
+        if ty.nullable && self.take(1)?[0] == 0 {
+            return Ok(Value::Null);
+        }
+        self.value(ty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beam_proto::pipeline::{ArrayType, Field, MapType};
+
+    fn atomic(t: AtomicType, nullable: bool) -> FieldType {
+        FieldType {
+            nullable,
+            type_info: Some(TypeInfo::AtomicType(t as i32)),
+        }
+    }
+
+    fn field(name: &str, ty: FieldType) -> Field {
+        Field {
+            name: name.into(),
+            r#type: Some(ty),
+            ..Default::default()
+        }
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The schema and row apache-beam 2.77's NamedTupleBasedPayloadBuilder wrote for
+    /// ({bootstrap.servers: h:1, group.id: g}, [t1, t2], None, 5, True).
+    fn python_example() -> (Schema, Vec<u8>) {
+        let string = || atomic(AtomicType::String, false);
+        let schema = Schema {
+            fields: vec![
+                field(
+                    "consumer_config",
+                    FieldType {
+                        nullable: false,
+                        type_info: Some(TypeInfo::MapType(Box::new(MapType {
+                            key_type: Some(Box::new(string())),
+                            value_type: Some(Box::new(string())),
+                        }))),
+                    },
+                ),
+                field(
+                    "topics",
+                    FieldType {
+                        nullable: false,
+                        type_info: Some(TypeInfo::ArrayType(Box::new(ArrayType {
+                            element_type: Some(Box::new(string())),
+                        }))),
+                    },
+                ),
+                field("max_num_records", atomic(AtomicType::Int64, true)),
+                field("max_read_time", atomic(AtomicType::Int64, true)),
+                field(
+                    "commit_offset_in_finalize",
+                    atomic(AtomicType::Boolean, false),
+                ),
+            ],
+            ..Default::default()
+        };
+        let row = hex(
+            "0501040000000211626f6f7473747261702e7365727665727303683a310867726f75702e6964016700\
+             0000020274310274320501",
+        );
+        (schema, row)
+    }
+
+    #[test]
+    fn reads_the_row_python_builds() {
+        let (schema, row) = python_example();
+        let c = decode_row(&schema, &row).unwrap();
+        let config = c.string_map("consumer_config").unwrap();
+        assert_eq!(config["bootstrap.servers"], "h:1");
+        assert_eq!(config["group.id"], "g");
+        assert_eq!(c.strings("topics").unwrap(), ["t1", "t2"]);
+        assert_eq!(c.int("max_num_records").unwrap(), None);
+        assert_eq!(c.int("max_read_time").unwrap(), Some(5));
+        assert_eq!(c.bool("commit_offset_in_finalize").unwrap(), Some(true));
+        assert!(
+            c.unknown_fields(&[
+                "consumer_config",
+                "topics",
+                "max_num_records",
+                "max_read_time",
+                "commit_offset_in_finalize"
+            ])
+            .is_empty()
+        );
+        assert_eq!(c.unknown_fields(&["topics"]).len(), 3);
+        assert!(matches!(c.string("topics"), Err(RowError::Field { .. })));
+    }
+
+    #[test]
+    fn truncated_rows_are_errors() {
+        let (schema, row) = python_example();
+        for cut in 0..row.len() {
+            assert!(decode_row(&schema, &row[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn payload_wrapper_round_trip() {
+        let (schema, row) = python_example();
+        let payload = ExternalConfigurationPayload {
+            schema: Some(schema),
+            payload: row.into(),
+        }
+        .encode_to_vec();
+        let c = Config::from_payload(&payload).unwrap();
+        assert_eq!(c.strings("topics").unwrap(), ["t1", "t2"]);
+        assert!(Config::from_payload(&[0xff]).is_err());
+    }
+}
