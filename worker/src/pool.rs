@@ -78,6 +78,11 @@ impl Lifecycle {
     }
 }
 
+/// Serials are unique in the process, not just the pool: the log router that
+/// sends each worker's events to its runner is process-wide (tests and the
+/// load driver run several pools in one process).
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 struct WorkerEntry {
     worker_id: String,
     cancel: CancellationToken,
@@ -93,7 +98,6 @@ struct PoolState {
     config: PoolConfig,
     /// Keyed by serial: runners reuse worker ids (two Python runners both send `worker_0`).
     workers: Mutex<HashMap<u64, WorkerEntry>>,
-    next_serial: AtomicU64,
     lifecycle: Arc<Lifecycle>,
     /// Parent of every worker's cancellation.
     shutdown: CancellationToken,
@@ -105,7 +109,6 @@ impl WorkerPool {
             inner: Arc::new(PoolState {
                 config,
                 workers: Mutex::new(HashMap::new()),
-                next_serial: AtomicU64::new(1),
                 lifecycle: Arc::default(),
                 shutdown: CancellationToken::new(),
             }),
@@ -142,7 +145,7 @@ impl WorkerPool {
                 workers.len()
             ));
         }
-        let serial = state.next_serial.fetch_add(1, Ordering::Relaxed);
+        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
         let cancel = state.shutdown.child_token();
         workers.insert(
             serial,
