@@ -123,9 +123,13 @@ pub async fn run(
                 }
                 Inbound::Failed(e) => return Err(e.into()),
             },
-            Some((task, chunk)) = bundle.read_chunks.next(), if !bundle.read_chunks.is_empty() => {
-                let read = bundle.read_of_task[task];
-                bundle.on_chunk(StreamId::Read(read), chunk).await?;
+            // `None` (the last read's chunks are drained) must end this select too,
+            // so the loop re-checks whether the bundle is complete.
+            item = bundle.read_chunks.next(), if !bundle.read_chunks.is_empty() => {
+                if let Some((task, chunk)) = item {
+                    let read = bundle.read_of_task[task];
+                    bundle.on_chunk(StreamId::Read(read), chunk).await?;
+                }
             }
             Some(done) = bundle.reads.join_next(), if !bundle.reads.is_empty() => {
                 let (read, result) = done.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
@@ -397,7 +401,7 @@ impl<'a> Bundle<'a> {
             source,
         })?;
         debug!(records = outcome.records, "Kafka read done");
-        self.commits.extend(outcome.commit);
+        self.commits.extend(outcome.commits);
         Ok(())
     }
 

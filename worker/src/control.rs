@@ -318,7 +318,9 @@ impl Harness {
 fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
     let plan = plan::build(descriptor).map(Arc::new);
     match &plan {
-        Ok(p) => debug!(descriptor = %p.descriptor_id, inputs = p.inputs.len(), "planned stage"),
+        Ok(p) => {
+            debug!(descriptor = %p.descriptor_id, inputs = p.inputs.len(), plan = ?p, "planned stage")
+        }
         Err(e) => warn!(descriptor = %descriptor.id, error = %e, "stage cannot run here"),
     }
     Arc::new(plan)

@@ -17,21 +17,25 @@ use std::future::Future;
 
 use beam_proto::expansion::expansion_service_server::{ExpansionService, ExpansionServiceServer};
 use beam_proto::expansion::{ExpansionRequest, ExpansionResponse};
+use beam_proto::opaque::OpaqueMessage;
 use beam_proto::pipeline::{
-    ApiServiceDescriptor, Coder, Components, Environment, ExternalPayload, PCollection, PTransform,
+    ApiServiceDescriptor, Coder, Components, Environment, ExternalPayload, FunctionSpec,
+    PCollection, PTransform, WindowingStrategy, accumulation_mode, closing_behavior, is_bounded,
+    merge_status, on_time_behavior, output_time,
 };
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::coders;
+use crate::kafka::{KAFKA_READ_URN, KAFKA_WRITE_URN, ReadConfig, WriteConfig};
 
-/// Our KV echo: `KV<K, V>` in, the same elements (timestamps, windows and
-/// panes included) out, with the same coder.
-pub const KV_ECHO_URN: &str = "beam:transform:rust_worker:kv_echo:v1";
+pub use crate::transforms::{KV_ECHO_URN, SUPPORTED_TRANSFORMS};
 
-/// Every transform URN this service expands.
-pub const SUPPORTED_TRANSFORMS: &[&str] = &[KV_ECHO_URN];
+const IMPULSE_URN: &str = "beam:transform:impulse:v1";
+const GLOBAL_WINDOWS_URN: &str = "beam:window_fn:global_windows:v1";
+/// An encoded `Trigger` whose `default` (field 7) is set: Beam's default trigger.
+const DEFAULT_TRIGGER: [u8; 2] = [0x3a, 0x00];
 
 /// Environment URN of a worker pool reached over `BeamFnExternalWorkerPool`.
 pub const EXTERNAL_ENVIRONMENT_URN: &str = "beam:env:external:v1";
@@ -143,94 +147,339 @@ fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse
     } = request;
     let transform = transform.ok_or("the expansion request carries no transform")?;
     let components = components.unwrap_or_default();
+    // `output_coder_requests` are hints: the Python SDK asks for a pickled coder
+    // for every untyped output. Our outputs' coders are fixed by what the
+    // transforms produce, so the hints are not followed; the SDK takes the
+    // coder from the response.
+    let _ = output_coder_requests;
     let urn = transform
         .spec
         .as_ref()
-        .map(|s| s.urn.as_str())
-        .unwrap_or("");
-    let name = &transform.unique_name;
-    if urn != KV_ECHO_URN {
-        return Err(format!(
-            "beam-rust-worker cannot expand transform '{name}': unknown URN '{urn}'. \
+        .map(|s| s.urn.clone())
+        .unwrap_or_default();
+    let request = Request {
+        transform,
+        components,
+        namespace,
+        pool,
+    };
+    match urn.as_str() {
+        KV_ECHO_URN => request.kv_echo(),
+        KAFKA_READ_URN => request.kafka_read(),
+        KAFKA_WRITE_URN => request.kafka_write(),
+        _ => Err(format!(
+            "beam-rust-worker cannot expand transform '{}': unknown URN '{urn}'. \
              Supported transform URNs: {}",
+            request.transform.unique_name,
             SUPPORTED_TRANSFORMS.join(", ")
-        ));
+        )),
     }
-    let payload_len = transform.spec.as_ref().map_or(0, |s| s.payload.len());
-    if payload_len != 0 {
-        return Err(format!(
-            "{KV_ECHO_URN} ('{name}') takes no configuration, but the request carries a \
-             {payload_len}-byte payload"
-        ));
+}
+
+/// One expansion request being answered.
+struct Request<'a> {
+    transform: PTransform,
+    components: Components,
+    namespace: String,
+    pool: &'a str,
+}
+
+/// The single `KV` input of a transform, with what the SDK needs to rebuild it.
+struct KvInput {
+    id: String,
+    pcollection: PCollection,
+    strategy_id: String,
+    strategy: WindowingStrategy,
+    coders: HashMap<String, Coder>,
+}
+
+impl Request<'_> {
+    fn name(&self) -> &str {
+        &self.transform.unique_name
     }
-    let input_id = match transform.inputs.values().collect::<Vec<_>>().as_slice() {
-        [only] => (*only).clone(),
-        other => {
+
+    fn payload(&self) -> &[u8] {
+        self.transform
+            .spec
+            .as_ref()
+            .map_or(&[][..], |s| &s.payload[..])
+    }
+
+    fn kv_echo(self) -> Result<ExpansionResponse, String> {
+        let name = self.name().to_owned();
+        let payload_len = self.payload().len();
+        if payload_len != 0 {
             return Err(format!(
-                "{KV_ECHO_URN} ('{name}') takes exactly one input PCollection, got {}",
-                other.len()
+                "{KV_ECHO_URN} ('{name}') takes no configuration, but the request carries a \
+                 {payload_len}-byte payload"
             ));
         }
-    };
-    let input = components
-        .pcollections
-        .get(&input_id)
-        .ok_or_else(|| {
-            format!("input PCollection '{input_id}' of '{name}' is not in the request's components")
-        })?
-        .clone();
-    coders::resolve_kv(&input.coder_id, &components.coders).map_err(|e| {
-        format!(
-            "{KV_ECHO_URN} ('{name}') cannot carry input PCollection '{input_id}': {e}. \
-             Give the input a KV coder whose key and value are bytes (in Python, type it as \
-             beam.typehints.Tuple[bytes, bytes], or with an Optional[bytes] key)"
-        )
-    })?;
-    // `output_coder_requests` are hints: the Python SDK asks for a pickled coder
-    // for every untyped output. An echo's output coder is its input coder, so
-    // the hints are not followed; the SDK takes the coder from the response.
-    let _ = output_coder_requests;
-    let strategy_id = input.windowing_strategy_id.clone();
-    let strategy = components
-        .windowing_strategies
-        .get(&strategy_id)
-        .ok_or_else(|| {
-            format!(
-                "windowing strategy '{strategy_id}' of input PCollection '{input_id}' is not \
-                 in the request's components"
-            )
-        })?
-        .clone();
-
-    // Copy the coders the returned components refer to, so the SDK can rebuild
-    // the output PCollection from the response alone.
-    let mut coder_ids = HashSet::new();
-    collect_coders(&input.coder_id, &components.coders, &mut coder_ids, 0)?;
-    if !strategy.window_coder_id.is_empty() {
-        collect_coders(
-            &strategy.window_coder_id,
-            &components.coders,
-            &mut coder_ids,
-            0,
-        )?;
+        let input = self.kv_input(KV_ECHO_URN)?;
+        let mut ids = self.ids();
+        let output_id = ids.fresh("kv_echo_output");
+        let env_id = ids.fresh("rust_worker_pool");
+        let output = PCollection {
+            unique_name: format!("{name}.{DEFAULT_OUTPUT_TAG}"),
+            coder_id: input.pcollection.coder_id.clone(),
+            is_bounded: input.pcollection.is_bounded,
+            windowing_strategy_id: input.strategy_id.clone(),
+        };
+        let output_tag = match self.transform.outputs.keys().collect::<Vec<_>>().as_slice() {
+            [only] => (*only).clone(),
+            _ => DEFAULT_OUTPUT_TAG.to_owned(),
+        };
+        let environment = pool_environment(self.pool);
+        let expanded = PTransform {
+            outputs: HashMap::from([(output_tag, output_id.clone())]),
+            environment_id: env_id.clone(),
+            subtransforms: Vec::new(),
+            ..self.transform
+        };
+        // The expanded transform itself is returned in `transform` only: a leaf has
+        // no subtransforms, and a copy in `components.transforms` would be added to
+        // the pipeline as a second producer of the output.
+        Ok(response(
+            Components {
+                transforms: HashMap::new(),
+                pcollections: HashMap::from([(input.id, input.pcollection), (output_id, output)]),
+                windowing_strategies: HashMap::from([(input.strategy_id, input.strategy)]),
+                coders: input.coders,
+                environments: HashMap::from([(env_id, environment)]),
+            },
+            expanded,
+        ))
     }
-    let out_coders: HashMap<String, Coder> = coder_ids
-        .into_iter()
-        .filter_map(|id| components.coders.get(&id).map(|c| (id, c.clone())))
-        .collect();
 
-    // New ids must start with the namespace: SDKs drop anything else.
-    let mut taken: HashSet<&str> = components
-        .pcollections
-        .keys()
-        .chain(components.environments.keys())
-        .chain(components.transforms.keys())
-        .map(String::as_str)
-        .collect();
-    let output_id = fresh_id(&namespace, "kv_echo_output", &mut taken);
-    let env_id = fresh_id(&namespace, "rust_worker_pool", &mut taken);
+    /// `Impulse` → read, like KafkaIO: the impulse starts one bounded read in
+    /// the worker, whose records are `KV<nullable bytes, nullable bytes>`.
+    fn kafka_read(self) -> Result<ExpansionResponse, String> {
+        let name = self.name().to_owned();
+        ReadConfig::from_payload(self.payload())
+            .map_err(|e| format!("{KAFKA_READ_URN} ('{name}'): {e}"))?;
+        if !self.transform.inputs.is_empty() {
+            return Err(format!(
+                "{KAFKA_READ_URN} ('{name}') is a root transform and takes no inputs, got {}",
+                self.transform.inputs.len()
+            ));
+        }
+        let mut ids = self.ids();
+        let [bytes, nullable, kv, window] =
+            ["bytes", "nullable_bytes", "kv", "global_window"].map(|w| ids.fresh(w));
+        let strategy_id = ids.fresh("global_windowing");
+        let [impulse_out, records] = ["impulse", "records"].map(|w| ids.fresh(w));
+        let [impulse_id, read_id] = ["Impulse", "Read"].map(|w| ids.fresh(w));
+        let env_id = ids.fresh("rust_worker_pool");
 
-    let environment = Environment {
+        let coders = HashMap::from([
+            (bytes.clone(), coder(coders::BYTES_URN, &[])),
+            (nullable.clone(), coder(coders::NULLABLE_URN, &[&bytes])),
+            (kv.clone(), coder(coders::KV_URN, &[&nullable, &nullable])),
+            (window.clone(), coder(coders::GLOBAL_WINDOW_URN, &[])),
+        ]);
+        let pcollection = |coder_id: &str, what: &str| PCollection {
+            unique_name: format!("{name}/{what}"),
+            coder_id: coder_id.to_owned(),
+            is_bounded: is_bounded::Enum::Bounded as i32,
+            windowing_strategy_id: strategy_id.clone(),
+        };
+        let impulse = PTransform {
+            spec: Some(FunctionSpec {
+                urn: IMPULSE_URN.to_owned(),
+                payload: Default::default(),
+            }),
+            outputs: HashMap::from([("out".to_owned(), impulse_out.clone())]),
+            unique_name: format!("{name}/Impulse"),
+            ..Default::default()
+        };
+        let read = PTransform {
+            spec: self.transform.spec.clone(),
+            inputs: HashMap::from([("impulse".to_owned(), impulse_out.clone())]),
+            outputs: HashMap::from([("out".to_owned(), records.clone())]),
+            unique_name: format!("{name}/Read"),
+            environment_id: env_id.clone(),
+            ..Default::default()
+        };
+        let output_tag = match self.transform.outputs.keys().collect::<Vec<_>>().as_slice() {
+            [only] => (*only).clone(),
+            _ => DEFAULT_OUTPUT_TAG.to_owned(),
+        };
+        let composite = PTransform {
+            subtransforms: vec![impulse_id.clone(), read_id.clone()],
+            outputs: HashMap::from([(output_tag, records.clone())]),
+            inputs: HashMap::new(),
+            environment_id: String::new(),
+            ..self.transform
+        };
+        Ok(response(
+            Components {
+                transforms: HashMap::from([(impulse_id, impulse), (read_id, read)]),
+                pcollections: HashMap::from([
+                    (impulse_out.clone(), pcollection(&bytes, "Impulse.out")),
+                    (records.clone(), pcollection(&kv, "Read.out")),
+                ]),
+                windowing_strategies: HashMap::from([(
+                    strategy_id.clone(),
+                    global_windowing(&window),
+                )]),
+                coders,
+                environments: HashMap::from([(env_id, pool_environment(self.pool))]),
+            },
+            composite,
+        ))
+    }
+
+    /// Its elements leave the pipeline for Kafka. The transform still declares
+    /// an (always empty) output, as Java's KafkaIO write does: runners drop a
+    /// leaf without outputs as dead code (Beam's Python runner does).
+    fn kafka_write(self) -> Result<ExpansionResponse, String> {
+        let name = self.name().to_owned();
+        WriteConfig::from_payload(self.payload())
+            .map_err(|e| format!("{KAFKA_WRITE_URN} ('{name}'): {e}"))?;
+        let mut input = self.kv_input(KAFKA_WRITE_URN)?;
+        let mut ids = self.ids();
+        let [env_id, bytes, written] =
+            ["rust_worker_pool", "bytes", "written"].map(|w| ids.fresh(w));
+        input
+            .coders
+            .insert(bytes.clone(), coder(coders::BYTES_URN, &[]));
+        let output = PCollection {
+            unique_name: format!("{name}.{DEFAULT_OUTPUT_TAG}"),
+            coder_id: bytes,
+            is_bounded: input.pcollection.is_bounded,
+            windowing_strategy_id: input.strategy_id.clone(),
+        };
+        let expanded = PTransform {
+            outputs: HashMap::from([(DEFAULT_OUTPUT_TAG.to_owned(), written.clone())]),
+            environment_id: env_id.clone(),
+            subtransforms: Vec::new(),
+            ..self.transform
+        };
+        Ok(response(
+            Components {
+                transforms: HashMap::new(),
+                pcollections: HashMap::from([(input.id, input.pcollection), (written, output)]),
+                windowing_strategies: HashMap::from([(input.strategy_id, input.strategy)]),
+                coders: input.coders,
+                environments: HashMap::from([(env_id, pool_environment(self.pool))]),
+            },
+            expanded,
+        ))
+    }
+
+    /// The transform's single input, checked to be a `KV` the worker can carry.
+    fn kv_input(&self, urn: &str) -> Result<KvInput, String> {
+        let name = self.name();
+        let components = &self.components;
+        let id = match self
+            .transform
+            .inputs
+            .values()
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [only] => (*only).clone(),
+            other => {
+                return Err(format!(
+                    "{urn} ('{name}') takes exactly one input PCollection, got {}",
+                    other.len()
+                ));
+            }
+        };
+        let pcollection = components
+            .pcollections
+            .get(&id)
+            .ok_or_else(|| {
+                format!("input PCollection '{id}' of '{name}' is not in the request's components")
+            })?
+            .clone();
+        coders::resolve_kv(&pcollection.coder_id, &components.coders).map_err(|e| {
+            format!(
+                "{urn} ('{name}') cannot carry input PCollection '{id}': {e}. \
+                 Give the input a KV coder whose key and value are bytes (in Python, type it as \
+                 beam.typehints.Tuple[bytes, bytes], or with an Optional[bytes] key)"
+            )
+        })?;
+        let strategy_id = pcollection.windowing_strategy_id.clone();
+        let strategy = components
+            .windowing_strategies
+            .get(&strategy_id)
+            .ok_or_else(|| {
+                format!(
+                    "windowing strategy '{strategy_id}' of input PCollection '{id}' is not \
+                     in the request's components"
+                )
+            })?
+            .clone();
+        // Copy the coders the returned components refer to, so the SDK can rebuild
+        // the PCollection from the response alone.
+        let mut coder_ids = HashSet::new();
+        collect_coders(&pcollection.coder_id, &components.coders, &mut coder_ids, 0)?;
+        if !strategy.window_coder_id.is_empty() {
+            collect_coders(
+                &strategy.window_coder_id,
+                &components.coders,
+                &mut coder_ids,
+                0,
+            )?;
+        }
+        let coders = coder_ids
+            .into_iter()
+            .filter_map(|id| components.coders.get(&id).map(|c| (id, c.clone())))
+            .collect();
+        Ok(KvInput {
+            id,
+            pcollection,
+            strategy_id,
+            strategy,
+            coders,
+        })
+    }
+
+    /// New ids must start with the namespace (SDKs drop anything else) and
+    /// must not collide with ids the request already uses.
+    fn ids(&self) -> FreshIds<'_> {
+        FreshIds {
+            namespace: &self.namespace,
+            taken: self
+                .components
+                .pcollections
+                .keys()
+                .chain(self.components.environments.keys())
+                .chain(self.components.transforms.keys())
+                .chain(self.components.coders.keys())
+                .chain(self.components.windowing_strategies.keys())
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+struct FreshIds<'a> {
+    namespace: &'a str,
+    taken: HashSet<String>,
+}
+
+impl FreshIds<'_> {
+    fn fresh(&mut self, what: &str) -> String {
+        let id = fresh_id(self.namespace, what, &self.taken);
+        self.taken.insert(id.clone());
+        id
+    }
+}
+
+fn response(components: Components, transform: PTransform) -> ExpansionResponse {
+    ExpansionResponse {
+        components: Some(components),
+        transform: Some(transform),
+        requirements: Vec::new(),
+        error: String::new(),
+    }
+}
+
+/// Identical for every expansion, so the runner merges the environments of
+/// neighbouring transforms (a read, echoes, a write) and fuses them into one stage.
+fn pool_environment(pool: &str) -> Environment {
+    Environment {
         urn: EXTERNAL_ENVIRONMENT_URN.to_owned(),
         payload: ExternalPayload {
             endpoint: Some(ApiServiceDescriptor {
@@ -243,49 +492,47 @@ fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse
         .into(),
         capabilities: CODER_CAPABILITIES.iter().map(|s| (*s).to_owned()).collect(),
         resource_hints: HashMap::new(),
-    };
-    let output = PCollection {
-        unique_name: format!("{name}.{DEFAULT_OUTPUT_TAG}"),
-        coder_id: input.coder_id.clone(),
-        is_bounded: input.is_bounded,
-        windowing_strategy_id: strategy_id.clone(),
-    };
-    let output_tag = match transform.outputs.keys().collect::<Vec<_>>().as_slice() {
-        [only] => (*only).clone(),
-        _ => DEFAULT_OUTPUT_TAG.to_owned(),
-    };
-    let expanded = PTransform {
-        spec: transform.spec,
-        subtransforms: Vec::new(),
-        inputs: transform.inputs,
-        outputs: HashMap::from([(output_tag, output_id.clone())]),
-        unique_name: transform.unique_name,
-        environment_id: env_id.clone(),
-        annotations: transform.annotations,
-    };
-    // The expanded transform itself is returned in `transform` only: a leaf has
-    // no subtransforms, and a copy in `components.transforms` would be added to
-    // the pipeline as a second producer of the output.
-    Ok(ExpansionResponse {
-        components: Some(Components {
-            transforms: HashMap::new(),
-            pcollections: HashMap::from([(input_id, input), (output_id, output)]),
-            windowing_strategies: HashMap::from([(strategy_id, strategy)]),
-            coders: out_coders,
-            environments: HashMap::from([(env_id, environment)]),
+    }
+}
+
+fn coder(urn: &str, components: &[&str]) -> Coder {
+    Coder {
+        spec: Some(FunctionSpec {
+            urn: urn.to_owned(),
+            payload: Default::default(),
         }),
-        transform: Some(expanded),
-        requirements: Vec::new(),
-        error: String::new(),
-    })
+        component_coder_ids: components.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// The global window with Beam's default trigger, as KafkaIO's output has.
+fn global_windowing(window_coder_id: &str) -> WindowingStrategy {
+    WindowingStrategy {
+        window_fn: Some(FunctionSpec {
+            urn: GLOBAL_WINDOWS_URN.to_owned(),
+            payload: Default::default(),
+        }),
+        merge_status: merge_status::Enum::NonMerging as i32,
+        window_coder_id: window_coder_id.to_owned(),
+        trigger: Some(OpaqueMessage {
+            encoded: DEFAULT_TRIGGER.to_vec(),
+        }),
+        accumulation_mode: accumulation_mode::Enum::Discarding as i32,
+        output_time: output_time::Enum::EndOfWindow as i32,
+        closing_behavior: closing_behavior::Enum::EmitIfNonempty as i32,
+        allowed_lateness: 0,
+        on_time_behavior: on_time_behavior::Enum::FireIfNonempty as i32,
+        assigns_to_one_window: false,
+        environment_id: String::new(),
+    }
 }
 
 /// `{namespace}_{what}`, suffixed with a counter if the request already uses it.
-fn fresh_id(namespace: &str, what: &str, taken: &mut HashSet<&str>) -> String {
+fn fresh_id(namespace: &str, what: &str, taken: &HashSet<String>) -> String {
     let base = format!("{namespace}_{what}");
     let mut id = base.clone();
     let mut n = 1;
-    while taken.contains(id.as_str()) {
+    while taken.contains(&id) {
         id = format!("{base}_{n}");
         n += 1;
     }

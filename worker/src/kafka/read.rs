@@ -1,17 +1,27 @@
 //! The bounded Kafka read: every partition of the topics, from the group's
-//! committed offset (or `auto.offset.reset`) to the end offset seen at start.
+//! committed offset (or `auto.offset.reset`) to the end of the partition.
+//!
+//! The end is where the broker reports end-of-partition as the read gets
+//! there, not a high watermark looked up at start: some Kafka-protocol brokers
+//! (tansu, used in this project's tests) report the base offset of the last
+//! *batch* as the high watermark, which would silently cut a read short.
+//! Each topic has its own consumer, so end-of-partition events (which carry
+//! only a partition number) are never ambiguous, and topics are read in parallel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use super::{KafkaError, LOOKUP_TIMEOUT, ReadConfig, blocking, partitions_of};
 use crate::coders::{ElementParts, WireCoder, encode_timestamp};
@@ -20,7 +30,7 @@ use crate::coders::{ElementParts, WireCoder, encode_timestamp};
 pub struct ReadOutcome {
     pub records: u64,
     /// Offsets to commit once the runner finalizes the bundle, if configured.
-    pub commit: Option<PendingCommit>,
+    pub commits: Vec<PendingCommit>,
 }
 
 /// The group offsets a read consumed up to, waiting for bundle finalization.
@@ -39,21 +49,20 @@ impl PendingCommit {
         } = self;
         blocking(move || consumer.commit(&offsets, CommitMode::Sync))
             .await
-            .map_err(|e| KafkaError::Client {
-                operation: "offset commit",
-                bootstrap,
-                why: e.to_string(),
-            })
+            .map_err(|e| client("offset commit", &bootstrap, e))
     }
 }
 
-struct Partition {
+/// Where one topic's read stands.
+struct TopicRead {
+    config: Arc<ReadConfig>,
     topic: String,
-    id: i32,
-    /// Next offset to read.
-    next: i64,
-    /// End offset when the read started: the read stops there.
-    end: i64,
+    wire: WireCoder,
+    out: mpsc::Sender<Bytes>,
+    chunk_bytes: usize,
+    /// Records the whole read may still emit (`max_num_records`), shared by topics.
+    budget: Arc<AtomicU64>,
+    deadline: Option<Instant>,
 }
 
 /// Reads per `config`, sending chunks of whole elements (encoded with `wire`,
@@ -64,84 +73,121 @@ pub async fn read(
     out: &mpsc::Sender<Bytes>,
     chunk_bytes: usize,
 ) -> Result<ReadOutcome, KafkaError> {
-    let bootstrap = config.bootstrap().to_owned();
-    let consumer = Arc::new(consumer(config)?);
-    let mut partitions = {
-        let (consumer, config) = (consumer.clone(), config.clone());
-        blocking(move || plan_partitions(&consumer, &config)).await?
-    };
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions.iter().filter(|p| p.next < p.end) {
-        assignment
-            .add_partition_offset(&p.topic, p.id, Offset::Offset(p.next))
-            .map_err(|e| client("assign", &bootstrap, e))?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| client("assign", &bootstrap, e))?;
-    let mut open = partitions.iter().filter(|p| p.next < p.end).count();
-    info!(
-        topics = ?config.topics,
-        partitions = partitions.len(),
-        with_data = open,
-        records = partitions.iter().map(|p| p.end - p.next).sum::<i64>(),
-        "Kafka read started"
-    );
-    let index: HashMap<(String, i32), usize> = partitions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| ((p.topic.clone(), p.id), i))
-        .collect();
+    let config = Arc::new(config.clone());
+    let budget = Arc::new(AtomicU64::new(config.max_num_records.unwrap_or(u64::MAX)));
     let deadline = config.max_read_time.map(|d| Instant::now() + d);
-    let limit = config.max_num_records.unwrap_or(u64::MAX);
-    let mut records = 0u64;
-    let mut buf = BytesMut::with_capacity(chunk_bytes + 1024);
-    while open > 0 && records < limit {
-        let message = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, consumer.recv()).await {
-                Ok(m) => m,
-                Err(_) => break,
-            },
-            None => consumer.recv().await,
+    let mut topics = JoinSet::new();
+    for topic in &config.topics {
+        let read = TopicRead {
+            config: config.clone(),
+            topic: topic.clone(),
+            wire: wire.clone(),
+            out: out.clone(),
+            chunk_bytes,
+            budget: budget.clone(),
+            deadline,
         };
-        let message = message.map_err(|e| client("consume", &bootstrap, e))?;
-        let Some(&i) = index.get(&(message.topic().to_owned(), message.partition())) else {
-            continue;
-        };
-        let p = &mut partitions[i];
-        if message.offset() < p.next || p.next >= p.end {
-            continue;
-        }
-        encode_record(wire, message.key(), message.payload(), &mut buf)?;
-        records += 1;
-        p.next = message.offset() + 1;
-        if p.next >= p.end {
-            open -= 1;
-        }
-        if buf.len() >= chunk_bytes && out.send(buf.split().freeze()).await.is_err() {
-            break; // the bundle is gone; nothing to deliver to
-        }
+        topics.spawn(read.run().in_current_span());
     }
-    if !buf.is_empty() {
-        let _ = out.send(buf.freeze()).await;
-    }
-    debug!(records, "Kafka read finished");
-    let commit = if config.commit_offsets {
-        let mut offsets = TopicPartitionList::new();
-        for p in &partitions {
-            offsets
-                .add_partition_offset(&p.topic, p.id, Offset::Offset(p.next))
-                .map_err(|e| client("commit", &bootstrap, e))?;
-        }
-        Some(PendingCommit {
-            consumer,
-            offsets,
-            bootstrap,
-        })
-    } else {
-        None
+    let mut outcome = ReadOutcome {
+        records: 0,
+        commits: Vec::new(),
     };
-    Ok(ReadOutcome { records, commit })
+    // The first failure wins; dropping the set stops the other topics.
+    while let Some(done) = topics.join_next().await {
+        let (records, commit) =
+            done.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        outcome.records += records;
+        outcome.commits.extend(commit);
+    }
+    Ok(outcome)
+}
+
+impl TopicRead {
+    async fn run(self) -> Result<(u64, Option<PendingCommit>), KafkaError> {
+        let bootstrap = self.config.bootstrap().to_owned();
+        let consumer = Arc::new(consumer(&self.config)?);
+        let starts = {
+            let (consumer, config, topic) =
+                (consumer.clone(), self.config.clone(), self.topic.clone());
+            blocking(move || start_offsets(&consumer, &config, &topic)).await?
+        };
+        let mut assignment = TopicPartitionList::new();
+        for (partition, start) in &starts {
+            assignment
+                .add_partition_offset(&self.topic, *partition, *start)
+                .map_err(|e| client("assign", &bootstrap, e))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| client("assign", &bootstrap, e))?;
+        info!(topic = %self.topic, partitions = starts.len(), "Kafka read started");
+
+        let mut open = starts.len();
+        let mut at_end: HashMap<i32, bool> = starts.iter().map(|(p, _)| (*p, false)).collect();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        let mut records = 0u64;
+        let mut buf = BytesMut::with_capacity(self.chunk_bytes + 1024);
+        while open > 0 && self.budget.load(Ordering::Acquire) > 0 {
+            let received = match self.deadline {
+                Some(at) => match tokio::time::timeout_at(at, consumer.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+                None => consumer.recv().await,
+            };
+            let message = match received {
+                Ok(m) => m,
+                Err(RdKafkaError::PartitionEOF(p)) => {
+                    if at_end.insert(p, true) == Some(false) {
+                        open -= 1;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(client("consume", &bootstrap, e)),
+            };
+            // A partition already at its end waits for the next read: what it
+            // gets now is left uncommitted and read again then.
+            if at_end.get(&message.partition()) != Some(&false) || !self.take_one() {
+                continue;
+            }
+            encode_record(&self.wire, message.key(), message.payload(), &mut buf)?;
+            records += 1;
+            next.insert(message.partition(), message.offset() + 1);
+            if buf.len() >= self.chunk_bytes && self.out.send(buf.split().freeze()).await.is_err() {
+                break; // the bundle is gone; nothing to deliver to
+            }
+        }
+        if !buf.is_empty() {
+            let _ = self.out.send(buf.freeze()).await;
+        }
+        debug!(topic = %self.topic, records, "Kafka read finished");
+        let commit = if self.config.commit_offsets && !next.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for (partition, offset) in &next {
+                offsets
+                    .add_partition_offset(&self.topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| client("commit", &bootstrap, e))?;
+            }
+            Some(PendingCommit {
+                consumer,
+                offsets,
+                bootstrap,
+            })
+        } else {
+            None
+        };
+        Ok((records, commit))
+    }
+
+    /// Takes one record from the shared `max_num_records` budget.
+    fn take_one(&self) -> bool {
+        self.budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
 }
 
 fn consumer(config: &ReadConfig) -> Result<StreamConsumer, KafkaError> {
@@ -151,6 +197,8 @@ fn consumer(config: &ReadConfig) -> Result<StreamConsumer, KafkaError> {
     }
     // Offsets are committed only after the runner finalizes the bundle.
     c.set("enable.auto.commit", "false");
+    // End-of-partition events bound the read.
+    c.set("enable.partition.eof", "true");
     if !config.consumer.contains_key("group.id") {
         // librdkafka wants a group id even for assign(); it is never committed to.
         c.set("group.id", "beam-rust-worker-uncommitted");
@@ -161,47 +209,36 @@ fn consumer(config: &ReadConfig) -> Result<StreamConsumer, KafkaError> {
     })
 }
 
-/// Start and end offsets of every partition of the configured topics.
-fn plan_partitions(
+/// Where each partition of `topic` starts: the group's committed offset, else
+/// the beginning or the end per `auto.offset.reset` (Kafka's default: the end).
+fn start_offsets(
     consumer: &StreamConsumer,
     config: &ReadConfig,
-) -> Result<Vec<Partition>, KafkaError> {
+    topic: &str,
+) -> Result<Vec<(i32, Offset)>, KafkaError> {
     let bootstrap = config.bootstrap();
-    let earliest = matches!(
-        config.consumer.get("auto.offset.reset").map(String::as_str),
-        Some("earliest" | "smallest" | "beginning")
-    );
-    let mut partitions = Vec::new();
-    for topic in &config.topics {
-        for id in partitions_of(consumer, topic, bootstrap)? {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, id, LOOKUP_TIMEOUT)
-                .map_err(|e| client("watermark look-up", bootstrap, e))?;
-            partitions.push(Partition {
-                topic: topic.clone(),
-                id,
-                next: if earliest { low } else { high },
-                end: high,
-            });
-        }
-    }
+    let reset = match config.consumer.get("auto.offset.reset").map(String::as_str) {
+        Some("earliest" | "smallest" | "beginning") => Offset::Beginning,
+        _ => Offset::End,
+    };
+    let partitions = partitions_of(consumer, topic, bootstrap)?;
+    let mut starts: Vec<(i32, Offset)> = partitions.iter().map(|p| (*p, reset)).collect();
     if config.consumer.contains_key("group.id") {
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            tpl.add_partition(&p.topic, p.id);
+            tpl.add_partition(topic, *p);
         }
         let committed = consumer
             .committed_offsets(tpl, LOOKUP_TIMEOUT)
             .map_err(|e| client("committed-offset look-up", bootstrap, e))?;
-        for p in &mut partitions {
-            if let Some(Offset::Offset(o)) =
-                committed.find_partition(&p.topic, p.id).map(|e| e.offset())
+        for (p, start) in &mut starts {
+            if let Some(Offset::Offset(o)) = committed.find_partition(topic, *p).map(|e| e.offset())
             {
-                p.next = o;
+                *start = Offset::Offset(o);
             }
         }
     }
-    Ok(partitions)
+    Ok(starts)
 }
 
 /// A record as KafkaIO emits it: processing-time timestamp, global window,

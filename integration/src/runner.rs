@@ -1,0 +1,647 @@
+//! [`TestRunner`]: the runner side of the Fn API on one local port, and the
+//! gRPC services behind it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use beam_proto::fn_execution::beam_fn_control_server::{BeamFnControl, BeamFnControlServer};
+use beam_proto::fn_execution::beam_fn_data_server::{BeamFnData, BeamFnDataServer};
+use beam_proto::fn_execution::beam_fn_external_worker_pool_client::BeamFnExternalWorkerPoolClient;
+use beam_proto::fn_execution::beam_fn_logging_server::{BeamFnLogging, BeamFnLoggingServer};
+use beam_proto::fn_execution::provision_service_server::{
+    ProvisionService, ProvisionServiceServer,
+};
+use beam_proto::fn_execution::{
+    Elements, GetProcessBundleDescriptorRequest, GetProvisionInfoRequest, GetProvisionInfoResponse,
+    InstructionRequest, InstructionResponse, LogControl, ProcessBundleDescriptor, ProvisionInfo,
+    StartWorkerRequest, StartWorkerResponse, StopWorkerRequest, StopWorkerResponse, log_entry,
+};
+use beam_proto::pipeline::ApiServiceDescriptor;
+use prost_types::value::Kind;
+use prost_types::{ListValue, Struct, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Result, RunnerError};
+use crate::handle::WorkerHandle;
+use crate::state::{CONTROL_QUEUE, Shared, StreamState, WorkerState, lock};
+
+/// Outbound messages buffered per Data stream between the queue and the
+/// transport; HTTP/2 flow control does the rest.
+const DATA_STREAM_QUEUE: usize = 16;
+/// HTTP/2 windows. The defaults (64 KiB–1 MiB) throttle 100 MB bundles; these
+/// bound what one connection can have in flight.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Settings for [`TestRunner::start_with`].
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Address to bind; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Returned as `ProvisionInfo.pipeline_options`; see [`experiments_options`].
+    pub pipeline_options: Option<Struct>,
+    /// Default limit for every wait (worker start, bundles, instructions).
+    pub timeout: Duration,
+    /// Log entries kept per worker; older ones are dropped but still counted.
+    pub log_capacity: usize,
+    /// Most `Data` entries per runner-to-worker `Elements` message. 1 sends
+    /// each chunk alone; larger values merge whatever is queued, across
+    /// bundles, as the Python runner's sender does (it allows ~100), so the
+    /// worker must demultiplex one message into several bundles.
+    pub coalesce_data: usize,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pipeline_options: None,
+            timeout: Duration::from_secs(60),
+            log_capacity: 10_000,
+            coalesce_data: 1,
+        }
+    }
+}
+
+/// `pipeline_options` with `experiments` listed under `key`. Java runners use
+/// [`crate::urns::EXPERIMENTS_OPTION`] (`beam:option:experiments:v1`); Python
+/// option dicts use `experiments`.
+pub fn experiments_options(key: &str, experiments: &[&str]) -> Struct {
+    let values = experiments
+        .iter()
+        .map(|e| Value {
+            kind: Some(Kind::StringValue((*e).to_string())),
+        })
+        .collect();
+    Struct {
+        fields: BTreeMap::from([(
+            key.to_string(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue { values })),
+            },
+        )]),
+    }
+}
+
+/// An in-process Beam runner: serves BeamFnControl, BeamFnData, BeamFnLogging
+/// and ProvisionService on one `127.0.0.1` port (the Python runner also puts
+/// control and provision on one address), starts workers through a pool's
+/// `StartWorker`, and drives bundles through [`WorkerHandle`].
+///
+/// Every call from a worker must carry the `worker_id` metadata; state is kept
+/// per worker id, per runner, so two runners may both use `worker_0`.
+/// Dropping the runner ends every control stream (as a job end does) and stops
+/// the server.
+pub struct TestRunner {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+}
+
+impl TestRunner {
+    /// Starts a runner on `127.0.0.1:0` with default options.
+    pub async fn start() -> Result<TestRunner> {
+        Self::start_with(RunnerOptions::default()).await
+    }
+
+    pub async fn start_with(options: RunnerOptions) -> Result<TestRunner> {
+        let listener = TcpListener::bind(options.bind)
+            .await
+            .map_err(RunnerError::Bind)?;
+        let addr = listener.local_addr().map_err(RunnerError::Bind)?;
+        let shared = Arc::new(Shared::new(
+            addr.to_string(),
+            options.timeout,
+            options.log_capacity,
+            options.coalesce_data,
+            options.pipeline_options,
+        ));
+        let services = Services {
+            shared: shared.clone(),
+        };
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .add_service(
+                BeamFnControlServer::new(services.clone())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                BeamFnDataServer::new(services.clone())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                BeamFnLoggingServer::new(services.clone())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                ProvisionServiceServer::new(services)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(TestRunner {
+            shared,
+            addr,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    /// `127.0.0.1:PORT`: the control, data, logging and provision endpoint.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Default timeout of every wait on this runner.
+    pub fn timeout(&self) -> Duration {
+        self.shared.default_timeout
+    }
+
+    /// Makes `descriptor` available to `GetProcessBundleDescriptor` under its id.
+    pub fn add_descriptor(&self, descriptor: ProcessBundleDescriptor) {
+        lock(&self.shared.descriptors).insert(descriptor.id.clone(), descriptor);
+    }
+
+    /// Replaces what `GetProvisionInfo` returns as pipeline options (for
+    /// workers that ask from now on).
+    pub fn set_pipeline_options(&self, options: Option<Struct>) {
+        *lock(&self.shared.pipeline_options) = options;
+    }
+
+    /// Calls refused because they lacked `worker_id` metadata.
+    pub fn rejected_calls(&self) -> usize {
+        self.shared.rejected_calls.load(Ordering::Relaxed)
+    }
+
+    /// The `StartWorkerRequest` [`TestRunner::start_worker`] sends: control,
+    /// logging, artifact and provision endpoints all set to [`TestRunner::url`].
+    /// Tests may alter it and pass it to [`TestRunner::start_worker_with`].
+    pub fn start_worker_request(&self, worker_id: &str) -> StartWorkerRequest {
+        let endpoint = || {
+            Some(ApiServiceDescriptor {
+                url: self.shared.url.clone(),
+                authentication: None,
+            })
+        };
+        StartWorkerRequest {
+            worker_id: worker_id.to_string(),
+            control_endpoint: endpoint(),
+            logging_endpoint: endpoint(),
+            artifact_endpoint: endpoint(),
+            provision_endpoint: endpoint(),
+            params: Default::default(),
+        }
+    }
+
+    /// Asks the pool at `pool_addr` to start `worker_id` against this runner
+    /// and waits until its control stream connects.
+    pub async fn start_worker(
+        &self,
+        pool_addr: SocketAddr,
+        worker_id: &str,
+    ) -> Result<WorkerHandle> {
+        self.start_worker_with(pool_addr, self.start_worker_request(worker_id))
+            .await
+    }
+
+    /// [`TestRunner::start_worker`] with a caller-made request. Fails with
+    /// [`RunnerError::StartWorkerRefused`] when the pool answers with an error,
+    /// and with a timeout when no control stream with that id connects.
+    pub async fn start_worker_with(
+        &self,
+        pool_addr: SocketAddr,
+        request: StartWorkerRequest,
+    ) -> Result<WorkerHandle> {
+        let deadline = Instant::now() + self.shared.default_timeout;
+        let worker_id = request.worker_id.clone();
+        // Created before the call: the harness may connect before StartWorker returns.
+        let worker = self
+            .shared
+            .fresh_worker(&worker_id)
+            .ok_or_else(|| RunnerError::WorkerIdInUse(worker_id.clone()))?;
+        let mut client = pool_client(pool_addr, self.shared.default_timeout).await?;
+        let started = Instant::now();
+        let response = timeout_at(deadline, client.start_worker(request))
+            .await
+            .map_err(|_| RunnerError::Timeout {
+                what: format!("the StartWorker response for '{worker_id}'"),
+                after: self.shared.default_timeout,
+            })?
+            .map_err(|status| RunnerError::rpc("StartWorker", status))?
+            .into_inner();
+        if !response.error.is_empty() {
+            return Err(RunnerError::StartWorkerRefused {
+                worker_id,
+                error: response.error,
+            });
+        }
+        let connected = wait_for_control(&worker, deadline, self.shared.default_timeout).await?;
+        Ok(WorkerHandle::new(
+            self.shared.clone(),
+            worker,
+            connected.saturating_duration_since(started),
+        ))
+    }
+
+    /// Waits for a control stream from `worker_id` started by someone else
+    /// (e.g. a pool started with another runner's endpoints).
+    pub async fn wait_for_worker(
+        &self,
+        worker_id: &str,
+        timeout: Duration,
+    ) -> Result<WorkerHandle> {
+        let worker = self.shared.worker(worker_id);
+        wait_for_control(&worker, Instant::now() + timeout, timeout).await?;
+        Ok(WorkerHandle::new(
+            self.shared.clone(),
+            worker,
+            Duration::ZERO,
+        ))
+    }
+
+    /// The raw `StartWorker` call, returning the pool's answer as is (no waiting
+    /// for a control stream): for requests that should be refused.
+    pub async fn call_start_worker(
+        pool_addr: SocketAddr,
+        request: StartWorkerRequest,
+        timeout: Duration,
+    ) -> Result<StartWorkerResponse> {
+        let mut client = pool_client(pool_addr, timeout).await?;
+        timeout_at(Instant::now() + timeout, client.start_worker(request))
+            .await
+            .map_err(|_| RunnerError::Timeout {
+                what: "the StartWorker response".into(),
+                after: timeout,
+            })?
+            .map(Response::into_inner)
+            .map_err(|status| RunnerError::rpc("StartWorker", status))
+    }
+
+    /// `StopWorker(worker_id)` on the pool, as the Java runner sends when an
+    /// environment closes.
+    pub async fn stop_worker(
+        pool_addr: SocketAddr,
+        worker_id: &str,
+        timeout: Duration,
+    ) -> Result<StopWorkerResponse> {
+        let mut client = pool_client(pool_addr, timeout).await?;
+        let request = StopWorkerRequest {
+            worker_id: worker_id.to_string(),
+        };
+        timeout_at(Instant::now() + timeout, client.stop_worker(request))
+            .await
+            .map_err(|_| RunnerError::Timeout {
+                what: "the StopWorker response".into(),
+                after: timeout,
+            })?
+            .map(Response::into_inner)
+            .map_err(|status| RunnerError::rpc("StopWorker", status))
+    }
+
+    /// Ends all control streams, stops the server and waits (up to the default
+    /// timeout) for it to finish.
+    pub async fn shutdown(mut self) {
+        self.shared.close_all_controls();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut server) = self.server.take()
+            && timeout_at(Instant::now() + self.shared.default_timeout, &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+        }
+    }
+}
+
+impl Drop for TestRunner {
+    fn drop(&mut self) {
+        self.shared.close_all_controls();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl std::fmt::Debug for TestRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRunner")
+            .field("url", &self.shared.url)
+            .finish()
+    }
+}
+
+async fn pool_client(
+    pool_addr: SocketAddr,
+    timeout: Duration,
+) -> Result<BeamFnExternalWorkerPoolClient<Channel>> {
+    let connect = |source| RunnerError::PoolConnect {
+        addr: pool_addr,
+        source,
+    };
+    let channel = Endpoint::from_shared(format!("http://{pool_addr}"))
+        .map_err(connect)?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(connect)?;
+    Ok(BeamFnExternalWorkerPoolClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// Waits until `worker`'s control stream is open; returns when it connected.
+async fn wait_for_control(
+    worker: &WorkerState,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Instant> {
+    let mut state = worker.control.subscribe();
+    let seen = timeout_at(deadline, state.wait_for(|s| *s != StreamState::Waiting))
+        .await
+        .map_err(|_| RunnerError::Timeout {
+            what: format!("a Control stream with worker_id '{}'", worker.id),
+            after: timeout,
+        })?
+        .map(|s| *s);
+    match seen {
+        Ok(StreamState::Open(at)) => Ok(at),
+        _ => Err(RunnerError::ControlClosed {
+            worker_id: worker.id.clone(),
+        }),
+    }
+}
+
+/// The gRPC services; all state lives in [`Shared`].
+#[derive(Clone)]
+struct Services {
+    shared: Arc<Shared>,
+}
+
+impl Services {
+    /// The worker a call comes from, named by its `worker_id` metadata. Real
+    /// runners fail such calls (Python raises, Java files them under "" and
+    /// hangs), so a missing header is refused loudly here.
+    fn worker_for<T>(
+        &self,
+        request: &Request<T>,
+        call: &str,
+    ) -> std::result::Result<Arc<WorkerState>, Status> {
+        let id = match request.metadata().get("worker_id").map(|v| v.to_str()) {
+            Some(Ok(id)) if !id.is_empty() => id,
+            Some(_) => {
+                self.shared.rejected_calls.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::invalid_argument(format!(
+                    "{call}: gRPC metadata 'worker_id' must be a non-empty ASCII string"
+                )));
+            }
+            None => {
+                self.shared.rejected_calls.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::invalid_argument(format!(
+                    "{call}: missing gRPC metadata 'worker_id'; every Fn API call from an SDK \
+                     harness must carry the worker_id it was started with \
+                     (StartWorkerRequest.worker_id)"
+                )));
+            }
+        };
+        Ok(self.shared.worker(id))
+    }
+}
+
+#[tonic::async_trait]
+impl BeamFnControl for Services {
+    type ControlStream = ReceiverStream<std::result::Result<InstructionRequest, Status>>;
+
+    async fn control(
+        &self,
+        request: Request<Streaming<InstructionResponse>>,
+    ) -> std::result::Result<Response<Self::ControlStream>, Status> {
+        let worker = self.worker_for(&request, "Control")?;
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        if !worker.open_control(tx) {
+            worker.violation("a second Control stream was opened while one is open".into());
+            return Err(Status::already_exists(format!(
+                "worker '{}' already has an open Control stream; a harness opens exactly one",
+                worker.id
+            )));
+        }
+        tokio::spawn(read_control(worker, request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_process_bundle_descriptor(
+        &self,
+        request: Request<GetProcessBundleDescriptorRequest>,
+    ) -> std::result::Result<Response<ProcessBundleDescriptor>, Status> {
+        let worker = self.worker_for(&request, "GetProcessBundleDescriptor")?;
+        worker.descriptor_fetches.fetch_add(1, Ordering::Relaxed);
+        let id = &request.get_ref().process_bundle_descriptor_id;
+        lock(&self.shared.descriptors)
+            .get(id)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no ProcessBundleDescriptor with id '{id}' was registered with this runner"
+                ))
+            })
+    }
+}
+
+/// Reads a worker's responses until its control stream ends (or we end it).
+async fn read_control(worker: Arc<WorkerState>, mut inbound: Streaming<InstructionResponse>) {
+    let mut state = worker.control.subscribe();
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(response)) => worker.deliver_response(response),
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(worker_id = %worker.id, %status, "control stream ended with an error");
+                    break;
+                }
+            },
+            _ = state.wait_for(|s| *s == StreamState::Closed) => break,
+        }
+    }
+    worker.end_control(None);
+}
+
+#[tonic::async_trait]
+impl BeamFnData for Services {
+    type DataStream = ReceiverStream<std::result::Result<Elements, Status>>;
+
+    async fn data(
+        &self,
+        request: Request<Streaming<Elements>>,
+    ) -> std::result::Result<Response<Self::DataStream>, Status> {
+        let worker = self.worker_for(&request, "Data")?;
+        worker.data_streams.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(DATA_STREAM_QUEUE);
+        let (inbound_done, done) = oneshot::channel();
+        let queue = lock(&worker.data_rx).take();
+        let primary = queue.is_some();
+        let keep_open = match queue {
+            Some(queue) => {
+                worker.data.send_replace(StreamState::Open(Instant::now()));
+                tokio::spawn(forward_data(
+                    worker.clone(),
+                    queue,
+                    tx,
+                    done,
+                    self.shared.coalesce_data.max(1),
+                ));
+                None
+            }
+            None => {
+                worker.violation(
+                    "a second Data stream was opened while one is open; a harness should \
+                     keep one per (worker, data url) (Java sends only on the first)"
+                        .into(),
+                );
+                Some(tx)
+            }
+        };
+        tokio::spawn(async move {
+            let mut inbound = request.into_inner();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(elements)) => worker.route_outputs(elements),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(worker_id = %worker.id, %status, "data stream ended with an error");
+                        break;
+                    }
+                }
+            }
+            let _ = inbound_done.send(());
+            drop(keep_open);
+            if primary {
+                worker.data.send_replace(StreamState::Closed);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Moves queued runner-to-worker data onto one Data stream until the worker
+/// closes it, then puts the queue back for a later stream.
+async fn forward_data(
+    worker: Arc<WorkerState>,
+    mut queue: mpsc::UnboundedReceiver<crate::state::Outbound>,
+    stream: mpsc::Sender<std::result::Result<Elements, Status>>,
+    mut inbound_done: oneshot::Receiver<()>,
+    max_entries: usize,
+) {
+    let mut acks = Vec::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut inbound_done => break,
+            next = queue.recv() => next,
+        };
+        let Some(crate::state::Outbound { mut elements, sent }) = next else {
+            break;
+        };
+        acks.extend(sent);
+        // Like Python's sender: whatever else is already queued, from any
+        // bundle, rides in the same message.
+        while elements.data.len() < max_entries {
+            let Ok(more) = queue.try_recv() else { break };
+            elements.data.extend(more.elements.data);
+            acks.extend(more.sent);
+        }
+        if let Some(first) = elements.data.first()
+            && elements
+                .data
+                .iter()
+                .any(|d| d.instruction_id != first.instruction_id)
+        {
+            worker.mixed_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            biased;
+            _ = &mut inbound_done => break,
+            sent_ok = stream.send(Ok(elements)) => if sent_ok.is_err() { break },
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+    *lock(&worker.data_rx) = Some(queue);
+}
+
+#[tonic::async_trait]
+impl BeamFnLogging for Services {
+    type LoggingStream = ReceiverStream<std::result::Result<LogControl, Status>>;
+
+    async fn logging(
+        &self,
+        request: Request<Streaming<log_entry::List>>,
+    ) -> std::result::Result<Response<Self::LoggingStream>, Status> {
+        let worker = self.worker_for(&request, "Logging")?;
+        let (tx, rx) = mpsc::channel(1);
+        // The Python runner sends one LogControl first; a worker must not depend on it either way.
+        let _ = tx.try_send(Ok(LogControl {}));
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(list)) = inbound.message().await {
+                worker.push_logs(list.log_entries);
+            }
+            drop(tx);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl ProvisionService for Services {
+    async fn get_provision_info(
+        &self,
+        request: Request<GetProvisionInfoRequest>,
+    ) -> std::result::Result<Response<GetProvisionInfoResponse>, Status> {
+        let worker = self.worker_for(&request, "GetProvisionInfo")?;
+        worker.provision_calls.fetch_add(1, Ordering::Relaxed);
+        let endpoint = || {
+            Some(ApiServiceDescriptor {
+                url: self.shared.url.clone(),
+                authentication: None,
+            })
+        };
+        let info = ProvisionInfo {
+            pipeline_options: lock(&self.shared.pipeline_options).clone(),
+            logging_endpoint: endpoint(),
+            artifact_endpoint: endpoint(),
+            control_endpoint: endpoint(),
+            ..Default::default()
+        };
+        Ok(Response::new(GetProvisionInfoResponse { info: Some(info) }))
+    }
+}
