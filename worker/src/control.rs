@@ -319,7 +319,17 @@ fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
     let plan = plan::build(descriptor).map(Arc::new);
     match &plan {
         Ok(p) => {
-            debug!(descriptor = %p.descriptor_id, inputs = p.inputs.len(), plan = ?p, "planned stage")
+            // Which transforms were fused into this stage is what a user (or a
+            // test) needs to see to know records never left the worker between them.
+            let mut urns: Vec<&str> = descriptor
+                .transforms
+                .values()
+                .filter(|t| t.subtransforms.is_empty())
+                .filter_map(|t| t.spec.as_ref().map(|s| s.urn.as_str()))
+                .collect();
+            urns.sort_unstable();
+            info!(descriptor = %p.descriptor_id, transforms = %urns.join(","), "stage planned");
+            debug!(plan = ?p, "stage plan");
         }
         Err(e) => warn!(descriptor = %descriptor.id, error = %e, "stage cannot run here"),
     }
