@@ -228,17 +228,27 @@ impl Request<'_> {
             [only] => (*only).clone(),
             _ => DEFAULT_OUTPUT_TAG.to_owned(),
         };
+        Ok(self.bound_leaf(input, (output_tag, output_id, output), env_id))
+    }
+
+    /// This transform as a leaf bound to the pool's environment, with its input
+    /// and one new output. The transform itself is returned in `transform` only:
+    /// a copy in `components.transforms` would be added to the pipeline as a
+    /// second producer of the output.
+    fn bound_leaf(
+        self,
+        input: KvInput,
+        (tag, output_id, output): (String, String, PCollection),
+        env_id: String,
+    ) -> ExpansionResponse {
         let environment = pool_environment(self.pool);
         let expanded = PTransform {
-            outputs: HashMap::from([(output_tag, output_id.clone())]),
+            outputs: HashMap::from([(tag, output_id.clone())]),
             environment_id: env_id.clone(),
             subtransforms: Vec::new(),
             ..self.transform
         };
-        // The expanded transform itself is returned in `transform` only: a leaf has
-        // no subtransforms, and a copy in `components.transforms` would be added to
-        // the pipeline as a second producer of the output.
-        Ok(response(
+        response(
             Components {
                 transforms: HashMap::new(),
                 pcollections: HashMap::from([(input.id, input.pcollection), (output_id, output)]),
@@ -247,7 +257,7 @@ impl Request<'_> {
                 environments: HashMap::from([(env_id, environment)]),
             },
             expanded,
-        ))
+        )
     }
 
     /// `Impulse` → read, like KafkaIO: the impulse starts one bounded read in
@@ -348,22 +358,8 @@ impl Request<'_> {
             is_bounded: input.pcollection.is_bounded,
             windowing_strategy_id: input.strategy_id.clone(),
         };
-        let expanded = PTransform {
-            outputs: HashMap::from([(DEFAULT_OUTPUT_TAG.to_owned(), written.clone())]),
-            environment_id: env_id.clone(),
-            subtransforms: Vec::new(),
-            ..self.transform
-        };
-        Ok(response(
-            Components {
-                transforms: HashMap::new(),
-                pcollections: HashMap::from([(input.id, input.pcollection), (written, output)]),
-                windowing_strategies: HashMap::from([(input.strategy_id, input.strategy)]),
-                coders: input.coders,
-                environments: HashMap::from([(env_id, pool_environment(self.pool))]),
-            },
-            expanded,
-        ))
+        let tag = DEFAULT_OUTPUT_TAG.to_owned();
+        Ok(self.bound_leaf(input, (tag, written, output), env_id))
     }
 
     /// The transform's single input, checked to be a `KV` the worker can carry.
@@ -877,5 +873,110 @@ mod tests {
         assert!(bad.error.contains("beam:transform:nope:v1"));
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    fn kafka_request(urn: &str, payload: Vec<u8>, with_input: bool) -> ExpansionRequest {
+        let mut req = request(urn, "c_kvn");
+        let t = req.transform.as_mut().unwrap();
+        t.unique_name = "ReadOrWrite".into();
+        t.spec.as_mut().unwrap().payload = payload.into();
+        if !with_input {
+            t.inputs.clear();
+        }
+        req
+    }
+
+    fn read_payload() -> Vec<u8> {
+        use crate::row::testing::{payload, str_list, str_map};
+        payload(&[
+            (
+                "consumer_config",
+                str_map(&[("bootstrap.servers", "127.0.0.1:9")]),
+            ),
+            ("topics", str_list(&["in"])),
+        ])
+    }
+
+    fn write_payload() -> Vec<u8> {
+        use crate::row::testing::{payload, str_map};
+        payload(&[
+            (
+                "producer_config",
+                str_map(&[("bootstrap.servers", "127.0.0.1:9")]),
+            ),
+            ("topic", crate::row::Value::Str("out".into())),
+        ])
+    }
+
+    #[test]
+    fn kafka_read_is_impulse_then_read_in_the_pool() {
+        let (components, composite) = ok(kafka_request(KAFKA_READ_URN, read_payload(), false));
+        assert_eq!(composite.subtransforms.len(), 2);
+        assert!(
+            composite.environment_id.is_empty(),
+            "a composite runs nothing itself"
+        );
+        let [impulse, read] = [0, 1].map(|i| &components.transforms[&composite.subtransforms[i]]);
+        assert_eq!(impulse.spec.as_ref().unwrap().urn, IMPULSE_URN);
+        assert_eq!(read.spec.as_ref().unwrap().urn, KAFKA_READ_URN);
+        assert_eq!(
+            read.inputs.values().collect::<Vec<_>>(),
+            impulse.outputs.values().collect::<Vec<_>>()
+        );
+        assert_eq!(read.outputs, composite.outputs);
+        // Records are KV<nullable bytes, nullable bytes>, as Java's KafkaIO emits.
+        let records = &components.pcollections[read.outputs.values().next().unwrap()];
+        let (key, value) = coders::resolve_kv(&records.coder_id, &components.coders).unwrap();
+        assert_eq!(
+            (key, value),
+            (
+                coders::ComponentCoder::NullableBytes,
+                coders::ComponentCoder::NullableBytes
+            )
+        );
+        let strategy = &components.windowing_strategies[&records.windowing_strategy_id];
+        assert_eq!(strategy.trigger.as_ref().unwrap().encoded, DEFAULT_TRIGGER);
+        for id in components
+            .pcollections
+            .keys()
+            .chain(components.coders.keys())
+            .chain(components.transforms.keys())
+            .chain(components.environments.keys())
+            .chain(components.windowing_strategies.keys())
+        {
+            assert!(id.starts_with(NS), "{id} is not namespaced");
+        }
+    }
+
+    #[test]
+    fn kafka_environments_equal_the_echo_one_so_runners_fuse_them() {
+        let (read, _) = ok(kafka_request(KAFKA_READ_URN, read_payload(), false));
+        let (write, _) = ok(kafka_request(KAFKA_WRITE_URN, write_payload(), true));
+        let (echo, _) = ok(request(KV_ECHO_URN, "c_kvn"));
+        let env = |c: &Components| c.environments.values().next().unwrap().clone();
+        assert_eq!(env(&read), env(&echo));
+        assert_eq!(env(&write), env(&echo));
+    }
+
+    #[test]
+    fn kafka_write_keeps_an_output_so_runners_keep_it() {
+        let (components, write) = ok(kafka_request(KAFKA_WRITE_URN, write_payload(), true));
+        assert_eq!(write.outputs.len(), 1);
+        let out = write.outputs.values().next().unwrap();
+        assert!(components.pcollections.contains_key(out));
+        assert!(!write.environment_id.is_empty());
+    }
+
+    #[test]
+    fn kafka_misconfiguration_is_refused_at_construction() {
+        let e = err(kafka_request(KAFKA_READ_URN, write_payload(), false));
+        assert!(
+            e.contains(KAFKA_READ_URN) && e.contains("unsupported field"),
+            "{e}"
+        );
+        let e = err(kafka_request(KAFKA_READ_URN, read_payload(), true));
+        assert!(e.contains("takes no inputs"), "{e}");
+        let e = err(kafka_request(KAFKA_WRITE_URN, read_payload(), true));
+        assert!(e.contains(KAFKA_WRITE_URN), "{e}");
     }
 }

@@ -575,4 +575,62 @@ mod tests {
         d.id = "x".into();
         assert!(matches!(build(&d), Err(PlanError::Coder { .. })));
     }
+
+    /// The stage Beam's runner sends for ReadFromKafka -> KvEcho -> WriteToKafka.
+    #[test]
+    fn fused_kafka_stage_routes_impulse_to_read_to_write() {
+        use crate::row::Value;
+        use crate::row::testing::{payload, str_list, str_map};
+        let servers = || str_map(&[("bootstrap.servers", "h:1")]);
+        let read = payload(&[
+            ("consumer_config", servers()),
+            ("topics", str_list(&["in"])),
+        ]);
+        let write = payload(&[
+            ("producer_config", servers()),
+            ("topic", Value::Str("out".into())),
+        ]);
+        let mut d = descriptor("wv", None);
+        d.transforms.clear();
+        d.coders.insert(
+            "wvb".into(),
+            coder("beam:coder:windowed_value:v1", &["bytes", "gw"]),
+        );
+        d.transforms.insert(
+            "impulse".into(),
+            transform(SOURCE_URN, port_payload("wvb"), &[], &["imp"]),
+        );
+        d.transforms.insert(
+            "read".into(),
+            transform(KAFKA_READ_URN, read, &["imp"], &["recs"]),
+        );
+        d.transforms.insert(
+            "echo".into(),
+            transform(KV_ECHO_URN, vec![], &["recs"], &["echoed"]),
+        );
+        d.transforms.insert(
+            "write".into(),
+            transform(KAFKA_WRITE_URN, write, &["echoed"], &["done"]),
+        );
+        d.pcollections.insert(
+            "recs".into(),
+            beam_proto::pipeline::PCollection {
+                coder_id: "kvn".into(),
+                ..Default::default()
+            },
+        );
+        let plan = build(&d).unwrap();
+        assert!(plan.sinks.is_empty());
+        assert_eq!(plan.inputs[0].stream.routes, [Route::Read(0)]);
+        assert_eq!(plan.reads[0].stream.routes, [Route::Write(0)]);
+        assert_eq!(plan.reads[0].stream.pcollections, ["recs", "echoed"]);
+        assert_eq!(plan.writes[0].config.topic, "out");
+        // Echoing the impulse's plain bytes is refused: the echo needs KV elements.
+        d.transforms.insert(
+            "bad".into(),
+            transform(KV_ECHO_URN, vec![], &["imp"], &["x"]),
+        );
+        let err = build(&d).unwrap_err().to_string();
+        assert!(err.contains("needs KV elements"), "{err}");
+    }
 }

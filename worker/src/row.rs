@@ -267,6 +267,122 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Builds configuration payloads the way SDKs do, for tests across the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use beam_proto::pipeline::{ArrayType, Field, MapType};
+
+    fn atomic(t: AtomicType, nullable: bool) -> FieldType {
+        FieldType {
+            nullable,
+            type_info: Some(TypeInfo::AtomicType(t as i32)),
+        }
+    }
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        varint(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// An `ExternalConfigurationPayload` for `fields`; `Value::Null` fields are
+    /// nullable INT64s left null. Strings, integers, booleans, lists of strings
+    /// and maps of strings are supported.
+    pub(crate) fn payload(fields: &[(&str, Value)]) -> Vec<u8> {
+        let mut schema = Schema::default();
+        let mut row = Vec::new();
+        varint(&mut row, fields.len() as u64);
+        let mut bitmap = vec![0u8; fields.len().div_ceil(8)];
+        let mut values = Vec::new();
+        for (i, (name, value)) in fields.iter().enumerate() {
+            let str_type = || Box::new(atomic(AtomicType::String, false));
+            let ty = match value {
+                Value::Null => {
+                    bitmap[i / 8] |= 1 << (i % 8);
+                    atomic(AtomicType::Int64, true)
+                }
+                Value::Int(v) => {
+                    varint(&mut values, *v as u64);
+                    atomic(AtomicType::Int64, true)
+                }
+                Value::Bool(b) => {
+                    values.push(u8::from(*b));
+                    atomic(AtomicType::Boolean, false)
+                }
+                Value::Str(s) => {
+                    string(&mut values, s);
+                    atomic(AtomicType::String, false)
+                }
+                Value::List(items) => {
+                    values.extend_from_slice(&(items.len() as u32).to_be_bytes());
+                    for item in items {
+                        if let Value::Str(s) = item {
+                            string(&mut values, s);
+                        }
+                    }
+                    FieldType {
+                        nullable: false,
+                        type_info: Some(TypeInfo::ArrayType(Box::new(ArrayType {
+                            element_type: Some(str_type()),
+                        }))),
+                    }
+                }
+                Value::Map(entries) => {
+                    values.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+                    for (k, v) in entries {
+                        if let (Value::Str(k), Value::Str(v)) = (k, v) {
+                            string(&mut values, k);
+                            string(&mut values, v);
+                        }
+                    }
+                    FieldType {
+                        nullable: false,
+                        type_info: Some(TypeInfo::MapType(Box::new(MapType {
+                            key_type: Some(str_type()),
+                            value_type: Some(str_type()),
+                        }))),
+                    }
+                }
+                other => panic!("test encoder does not support {other:?}"),
+            };
+            schema.fields.push(Field {
+                name: name.to_string(),
+                r#type: Some(ty),
+                ..Default::default()
+            });
+        }
+        varint(&mut row, bitmap.len() as u64);
+        row.extend_from_slice(&bitmap);
+        row.extend_from_slice(&values);
+        ExternalConfigurationPayload {
+            schema: Some(schema),
+            payload: row.into(),
+        }
+        .encode_to_vec()
+    }
+
+    pub(crate) fn str_map(entries: &[(&str, &str)]) -> Value {
+        Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (Value::Str(k.to_string()), Value::Str(v.to_string())))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn str_list(items: &[&str]) -> Value {
+        Value::List(items.iter().map(|s| Value::Str(s.to_string())).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +474,23 @@ mod tests {
         );
         assert_eq!(c.unknown_fields(&["topics"]).len(), 3);
         assert!(matches!(c.string("topics"), Err(RowError::Field { .. })));
+    }
+
+    #[test]
+    fn test_encoder_matches_python_bytes() {
+        let (_, python_row) = python_example();
+        let ours = testing::payload(&[
+            (
+                "consumer_config",
+                testing::str_map(&[("bootstrap.servers", "h:1"), ("group.id", "g")]),
+            ),
+            ("topics", testing::str_list(&["t1", "t2"])),
+            ("max_num_records", Value::Null),
+            ("max_read_time", Value::Int(5)),
+            ("commit_offset_in_finalize", Value::Bool(true)),
+        ]);
+        let decoded = ExternalConfigurationPayload::decode(&ours[..]).unwrap();
+        assert_eq!(decoded.payload.as_ref(), python_row.as_slice());
     }
 
     #[test]

@@ -132,3 +132,85 @@ fn reject_unknown(c: &Config, known: &[&str]) -> Result<(), String> {
         known.join(", ")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Value;
+    use crate::row::testing::{payload, str_list, str_map};
+
+    #[test]
+    fn read_config_follows_apache_beam_io_kafka_names() {
+        let p = payload(&[
+            (
+                "consumer_config",
+                str_map(&[("bootstrap.servers", "127.0.0.1:9092"), ("group.id", "g")]),
+            ),
+            ("topics", str_list(&["a", "b"])),
+            ("max_num_records", Value::Int(10)),
+            ("max_read_time", Value::Null),
+            ("commit_offset_in_finalize", Value::Bool(true)),
+        ]);
+        let c = ReadConfig::from_payload(&p).unwrap();
+        assert_eq!(c.bootstrap(), "127.0.0.1:9092");
+        assert_eq!(c.topics, ["a", "b"]);
+        assert_eq!(c.max_num_records, Some(10));
+        assert_eq!(c.max_read_time, None);
+        assert!(c.commit_offsets);
+    }
+
+    #[test]
+    fn bad_read_configs_say_what_is_wrong() {
+        let servers = || str_map(&[("bootstrap.servers", "h:1")]);
+        let cases = [
+            (vec![("topics", str_list(&["t"]))], "bootstrap.servers"),
+            (vec![("consumer_config", servers())], "topics"),
+            (
+                vec![
+                    ("consumer_config", servers()),
+                    ("topics", str_list(&["t"])),
+                    ("with_metadata", Value::Bool(true)),
+                ],
+                "unsupported field(s) with_metadata",
+            ),
+            (
+                vec![
+                    ("consumer_config", servers()),
+                    ("topics", str_list(&["t"])),
+                    ("commit_offset_in_finalize", Value::Bool(true)),
+                ],
+                "group.id",
+            ),
+            (
+                vec![
+                    ("consumer_config", servers()),
+                    ("topics", str_list(&["t"])),
+                    ("max_num_records", Value::Int(-1)),
+                ],
+                "negative",
+            ),
+        ];
+        for (fields, expect) in cases {
+            let err = ReadConfig::from_payload(&payload(&fields))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{expect:?} not in {err}");
+        }
+        assert!(ReadConfig::from_payload(b"not a payload").is_err());
+    }
+
+    #[test]
+    fn write_config_needs_servers_and_topic() {
+        let ok = payload(&[
+            ("producer_config", str_map(&[("bootstrap.servers", "h:1")])),
+            ("topic", Value::Str("out".into())),
+        ]);
+        let c = WriteConfig::from_payload(&ok).unwrap();
+        assert_eq!((c.bootstrap(), c.topic.as_str()), ("h:1", "out"));
+        let no_topic = payload(&[("producer_config", str_map(&[("bootstrap.servers", "h:1")]))]);
+        let err = WriteConfig::from_payload(&no_topic)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`topic` is required"), "{err}");
+    }
+}
