@@ -1,6 +1,9 @@
 """Fixtures that run the real beam-rust-worker binary (and a stand-alone Beam
 job service) as subprocesses for pipelines built with the real Beam SDK.
 
+Also a Kafka-protocol broker (tansu, memory storage) on loopback, started and
+stopped with `scripts/kafka.sh`, for the Kafka tests.
+
 Environment variables:
   BEAM_RUST_WORKER_BIN   use this worker binary instead of building
                          `target/release/beam-rust-worker` with cargo.
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -192,3 +196,56 @@ def _worker_alive_after_test(request):
         assert code is None, (
             f"the worker exited with {code} during this test:\n{worker.output()[-5000:]}"
         )
+
+
+class KafkaBroker:
+    """A fresh broker started by `scripts/kafka.sh start` in its own state
+    folder (KAFKA_STATE), so it never touches a broker started by someone else
+    with the same script; stopped by PID with `scripts/kafka.sh stop`."""
+
+    SCRIPT = REPO / "scripts" / "kafka.sh"
+
+    def __init__(self, state_dir: Path):
+        self.env = {**os.environ, "KAFKA_STATE": str(state_dir)}
+        self.log_path = state_dir / "broker.log"
+        self.address = self.script("start").strip().splitlines()[-1]
+
+    def script(self, *args, input=None, text=True) -> "str | bytes":
+        proc = subprocess.run(
+            [str(self.SCRIPT), *[str(a) for a in args]],
+            cwd=REPO,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=text,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            err = proc.stderr if text else proc.stderr.decode(errors="replace")
+            raise RuntimeError(f"scripts/kafka.sh {' '.join(map(str, args))} failed "
+                               f"({proc.returncode}):\n{err[-5000:]}")
+        return proc.stdout
+
+    def topic(self, prefix: str, partitions: int = 3) -> str:
+        """Creates a topic with a name no other test uses; returns the name."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.script("topic", name, partitions)
+        return name
+
+    def kcat(self, *args, input: bytes = None) -> bytes:
+        """Real kcat against this broker (`scripts/kafka.sh kcat`), bytes out."""
+        return self.script("kcat", *args, input=input, text=False)
+
+    def stop(self):
+        self.script("stop")
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(tmp_path_factory):
+    """A fresh Kafka-protocol broker for one test module; topics come from
+    `kafka_broker.topic(prefix)` so every test has its own."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-state"))
+    try:
+        yield broker
+    finally:
+        broker.stop()

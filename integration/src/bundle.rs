@@ -54,6 +54,9 @@ pub struct BundleSpec {
     /// to the stream and sending the request, so the worker surely holds the
     /// data as pending first (for tests of its pending-data buffer).
     pub request_delay: Option<Duration>,
+    /// A fixed instruction id, so a test can address the bundle's data itself
+    /// (e.g. send its `is_last` later); `None` = a fresh id.
+    pub instruction_id: Option<String>,
 }
 
 impl BundleSpec {
@@ -68,7 +71,14 @@ impl BundleSpec {
             is_last_with_data: false,
             collect_outputs: true,
             request_delay: None,
+            instruction_id: None,
         }
+    }
+
+    /// Uses `id` as the bundle's instruction id.
+    pub fn instruction_id(mut self, id: impl Into<String>) -> Self {
+        self.instruction_id = Some(id.into());
+        self
     }
 
     /// Adds input for `transform_id` (a `beam:runner:source:v1` transform).

@@ -70,7 +70,10 @@ impl WorkerHandle {
     pub async fn process_bundle(&self, spec: BundleSpec) -> Result<BundleResult> {
         let timeout = spec.timeout.unwrap_or(self.shared.default_timeout);
         let deadline = Instant::now() + timeout;
-        let instruction_id = self.shared.next_id("bundle");
+        let instruction_id = spec
+            .instruction_id
+            .clone()
+            .unwrap_or_else(|| self.shared.next_id("bundle"));
         let (outputs_tx, mut outputs) = mpsc::unbounded_channel();
         let (response_tx, mut response_rx) = oneshot::channel();
         if !self

@@ -1199,3 +1199,51 @@ async fn empty_data_entries_are_harmless() {
     }
     assert_clean(&runner, &worker);
 }
+
+/// SIGTERM semantics: a bundle already running finishes within the grace
+/// period with all its output, a bundle asked for after the signal is refused
+/// with an error saying why, and the pool then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_bundles_finish_and_refuses_new_ones() {
+    let (mut pool, runner, worker) = setup(PoolConfig::default()).await;
+    let echo = kv_echo(&runner, "stage-drain");
+    let input = kv_input(1000);
+    // Held open: its input lacks is_last until the test sends it.
+    let held = tokio::spawn({
+        let worker = worker.clone();
+        let spec = echo
+            .bundle(chunks_of(&input, 100))
+            .instruction_id("held-bundle")
+            .without_is_last();
+        async move { worker.process_bundle(spec).await }
+    });
+    // The worker counts a bundle as running before it fetches its descriptor.
+    let waited = tokio::time::timeout(SOON, async {
+        while worker.descriptor_fetches() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the worker never started the held bundle");
+
+    pool.begin_shutdown();
+    let refused = worker
+        .process_bundle(echo.bundle(chunks_of(&input, 100)))
+        .await
+        .unwrap();
+    let error = refused
+        .error()
+        .expect("a bundle after shutdown must be refused");
+    assert!(error.contains("shutting down"), "{error}");
+
+    worker.send_data(vec![beam_proto::fn_execution::elements::Data {
+        instruction_id: "held-bundle".into(),
+        transform_id: echo.source_id.clone(),
+        data: Bytes::new(),
+        is_last: true,
+    }]);
+    let finished = held.await.unwrap().unwrap();
+    assert!(finished.is_ok(), "{:?}", finished.error());
+    assert_eq!(finished.output(&echo.sink_id), input);
+    pool.shutdown().await;
+}

@@ -45,11 +45,16 @@ impl Pool {
         Pool::start(PoolConfig::default()).await
     }
 
-    /// Stops the pool and checks it ended without error (or panic).
-    pub async fn shutdown(mut self) {
+    /// Signals shutdown (as SIGTERM does) without waiting for the pool to end.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Stops the pool and checks it ended without error (or panic).
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
         if let Some(task) = self.task.take() {
             let result = tokio::time::timeout(Duration::from_secs(60), task)
                 .await
