@@ -35,6 +35,10 @@ pub enum KafkaError {
     },
     #[error("writing to topic '{topic}' failed: the broker did not acknowledge a record: {why}")]
     Delivery { topic: String, why: String },
+    #[error(
+        "writing to topic '{topic}' failed: the Kafka client refused a record before sending it: {why}"
+    )]
+    Produce { topic: String, why: String },
     #[error("a record cannot be written: {0}")]
     Record(String),
 }

@@ -192,6 +192,11 @@ impl TopicRead {
 
 fn consumer(config: &ReadConfig) -> Result<StreamConsumer, KafkaError> {
     let mut c = ClientConfig::new();
+    // A bounded read ends by reaching each partition's end, which librdkafka
+    // reports only after a fetch waited `fetch.wait.max.ms` (500 ms by default)
+    // for data that is not coming; measured: a 10k-record stage took 0.65 s
+    // with the default and 0.10 s with 10 ms. An explicit setting wins.
+    c.set("fetch.wait.max.ms", "10");
     for (k, v) in &config.consumer {
         c.set(k, v);
     }

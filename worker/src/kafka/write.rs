@@ -116,7 +116,12 @@ impl Writer {
                         record = r;
                         self.await_oldest().await?;
                     }
-                    Err((e, _)) => return Err(self.delivery_error(e.to_string())),
+                    Err((e, _)) => {
+                        return Err(KafkaError::Produce {
+                            topic: self.topic.clone(),
+                            why: e.to_string(),
+                        });
+                    }
                 }
             }
             if self.in_flight.len() >= MAX_IN_FLIGHT {
