@@ -105,7 +105,7 @@ echo_test() {
   [[ -n "$records" ]] || { echo "echo-test needs --records N" >&2; exit 2; }
   local loadgen="$ROOT/target/release/fnapi-loadgen"
   if ! "$loadgen" kafka --help >/dev/null 2>&1; then
-    echo "$loadgen lacks the kafka mode: cargo build --release -p beam-bench --features kafka" >&2
+    echo "$loadgen is missing: cargo build --release -p beam-bench" >&2
     exit 1
   fi
   local work

@@ -1,0 +1,23 @@
+//! beam-bench: measures beam-rust-worker against Beam's Python worker pool and
+//! against the bare gRPC transport, with the same driver and the same data.
+//!
+//! * [`driver`] plays the runner: it starts workers through any pool's
+//!   `StartWorker` (using `beam-integration`'s runner stand-in), streams KV
+//!   bundles through one stage, verifies every output byte and measures.
+//! * [`ceiling`] is the transport reference: a bidi gRPC echo of the same
+//!   `Elements` messages with no Beam logic, and the client side that drives it.
+//! * [`procfs`] reads a pool's CPU time and memory from `/proc`.
+//! * [`workload`] builds the elements and cuts them into bundles and chunks.
+//! * [`python_stage`] loads the descriptor `bench/python/make_python_stage.py`
+//!   writes for Beam's Python worker (a pickled `Map(identity)`).
+//! * `kafka` (feature `kafka`) bridges Kafka topics through a worker like
+//!   Flink and KafkaIO do.
+
+pub mod ceiling;
+pub mod driver;
+pub mod kafka;
+pub mod procfs;
+pub mod python_stage;
+pub mod report;
+pub mod stats;
+pub mod workload;

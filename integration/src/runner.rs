@@ -26,7 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -154,8 +155,12 @@ impl TestRunner {
                     .max_encoding_message_size(usize::MAX),
             );
         let (stop, stopped) = oneshot::channel::<()>();
+        // `Server::tcp_nodelay` is ignored for a caller-made listener; without
+        // TCP_NODELAY on the accepted sockets, Nagle's algorithm and the
+        // worker's delayed ACKs stall small messages (a ProcessBundle request
+        // followed by its data) for ~40 ms.
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = stopped.await;
             },

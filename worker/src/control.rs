@@ -36,6 +36,9 @@ use crate::pool::Lifecycle;
 /// Responses queued for the control stream before instruction tasks wait.
 const RESPONSE_QUEUE: usize = 256;
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopped worker waits for the runner to close the control stream
+/// after its own side has closed cleanly.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What `StartWorker` asked for.
 #[derive(Debug, Clone)]
@@ -113,10 +116,7 @@ pub async fn run(
             plans: Mutex::new(HashMap::new()),
             lifecycle,
         });
-        let result = tokio::select! {
-            _ = cancel.cancelled() => Ok(()),
-            result = harness.clone().serve_control() => result,
-        };
+        let result = harness.clone().serve_control(&cancel).await;
         // Dropping the harness and the log guard half-closes the worker's data and
         // logging streams; cancelling then bounds how long they may take to end.
         drop(harness);
@@ -129,26 +129,31 @@ pub async fn run(
 }
 
 impl Harness {
-    async fn serve_control(self: Arc<Self>) -> Result<(), HarnessError> {
+    async fn serve_control(
+        self: Arc<Self>,
+        cancel: &CancellationToken,
+    ) -> Result<(), HarnessError> {
         let (responses, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let mut requests = self
-            .control
-            .clone()
-            .control(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut client = self.control.clone();
+        let mut requests = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            call = client.control(ReceiverStream::new(rx)) => call?.into_inner(),
+        };
         info!(control = %self.spec.control_url, "control stream connected");
         let mut tasks = JoinSet::new();
         let ended = loop {
             tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
                 message = requests.message() => match message {
                     Ok(Some(request)) => {
                         let harness = self.clone();
                         let responses = responses.clone();
+                        let in_flight = self.lifecycle.track();
                         tasks.spawn(async move {
                             let response = harness.handle(request).await;
                             // A closed stream means the worker is going away anyway.
                             let _ = responses.send(response).await;
+                            drop(in_flight);
                         }.in_current_span());
                     }
                     Ok(None) => break Ok(()),
@@ -158,10 +163,21 @@ impl Harness {
             }
         };
         match &ended {
+            Ok(()) if cancel.is_cancelled() => info!("worker stopped by the pool"),
             Ok(()) => info!("runner closed the control stream; releasing the worker"),
             Err(status) => warn!(%status, "control stream failed; releasing the worker"),
         }
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        // With every sender gone our side half-closes after the queued responses,
+        // so answers already given reach the runner instead of being reset away.
+        drop(responses);
+        if ended.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                while let Ok(Some(_)) = requests.message().await {}
+            })
+            .await;
+        }
         ended.map_err(Into::into)
     }
 
@@ -227,9 +243,9 @@ impl Harness {
         instruction_id: &str,
         request: ProcessBundleRequest,
     ) -> Result<beam_proto::fn_execution::ProcessBundleResponse, String> {
-        let Some(_guard) = self.lifecycle.start_bundle() else {
+        if self.lifecycle.is_draining() {
             return Err("the worker pool is shutting down and accepts no new bundles".into());
-        };
+        }
         let plan = self.plan(&request.process_bundle_descriptor_id).await?;
         let result = bundle::run(
             instruction_id,

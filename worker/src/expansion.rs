@@ -25,7 +25,6 @@ use beam_proto::pipeline::{
 };
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::coders;
 use crate::kafka::{KAFKA_READ_URN, KAFKA_WRITE_URN, ReadConfig, WriteConfig};
@@ -123,7 +122,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(expansion_service(advertised_pool))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::pool::nodelay_incoming(listener), shutdown)
         .await
 }
 

@@ -15,8 +15,9 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Measured with the load driver (see README, "Allocator"): mimalloc lowers the
-/// cost of the many short-lived buffers of the data path.
+/// Opt-in (`--features mimalloc`): the load driver showed a gain only for very
+/// large bundles, and more memory in the streaming shape (bench/README.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

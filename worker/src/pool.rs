@@ -16,7 +16,6 @@ use beam_proto::fn_execution::{
 use beam_proto::pipeline::ApiServiceDescriptor;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
@@ -36,41 +35,43 @@ pub enum PoolError {
 pub struct Lifecycle {
     /// Set on shutdown: no new workers or bundles.
     draining: AtomicBool,
-    active_bundles: AtomicUsize,
+    /// Instructions whose response is not yet on its way to the runner.
+    in_flight: AtomicUsize,
     idle: Notify,
 }
 
-/// Counts a running bundle until dropped.
-pub struct BundleGuard(Arc<Lifecycle>);
+/// Counts an instruction as running until dropped, which happens only once
+/// its response is queued for the runner: a shutdown's grace period then
+/// covers delivering the answer, not just computing it.
+pub struct InFlight(Arc<Lifecycle>);
 
-impl Drop for BundleGuard {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.active_bundles.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
     }
 }
 
 impl Lifecycle {
-    /// `None` once the pool is draining.
-    pub fn start_bundle(self: &Arc<Self>) -> Option<BundleGuard> {
-        self.active_bundles.fetch_add(1, Ordering::AcqRel);
-        let guard = BundleGuard(self.clone());
-        (!self.draining.load(Ordering::Acquire)).then_some(guard)
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
     }
 
     fn drain(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
-    fn is_draining(&self) -> bool {
+    /// True once shutdown began: new bundles are refused.
+    pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
-            if self.active_bundles.load(Ordering::Acquire) == 0 {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
@@ -209,7 +210,7 @@ impl WorkerPool {
             .is_err()
         {
             warn!(
-                bundles = lifecycle.active_bundles.load(Ordering::Acquire),
+                instructions = lifecycle.in_flight.load(Ordering::Acquire),
                 grace_secs = grace.as_secs_f64(),
                 "grace period over; abandoning running bundles"
             );
@@ -286,7 +287,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            nodelay_incoming(listener),
             stopped.clone().cancelled_owned(),
         );
     let server = tokio::spawn(server);
@@ -301,4 +302,11 @@ pub async fn serve(
     }
     info!("worker pool stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay`
+/// setting does not apply to a listener passed in, and small gRPC messages
+/// (StartWorker, control answers) would otherwise wait for delayed ACKs.
+pub fn nodelay_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -1,0 +1,332 @@
+//! Kafka bridge: the part Flink and KafkaIO play in a real pipeline.
+//!
+//! Records are consumed from the input topic (rdkafka consumer group), each is
+//! encoded as KafkaIO's `windowed_value(kv(nullable(bytes), nullable(bytes)),
+//! global_window)` element (record timestamp, pane NO_FIRING), bundles close at
+//! `bundle_records` records or `bundle_time` after their first record (Flink's
+//! streaming maxBundleSize / maxBundleTimeMills), go through the worker, and the
+//! output elements are decoded and produced to the output topic. Every bundle's
+//! output bytes are also compared with its input.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use beam_integration::WireFormat;
+use beam_integration::elements::{PANE_NO_FIRING, Window, decode_element, put_kv_element};
+use bytes::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::driver::{BundleOutcome, DriverError, Harness, TargetConfig};
+use crate::procfs::{self, ProcError};
+use crate::report::PoolUsage;
+use crate::stats::{Latencies, LatencySummary};
+use crate::workload::same_bytes;
+
+/// What to bridge.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub target: TargetConfig,
+    pub brokers: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub records: u64,
+    pub bundle_records: usize,
+    pub bundle_time: Duration,
+    pub in_flight: usize,
+    /// Give up when no record arrives for this long.
+    pub idle: Duration,
+    pub pool_pid: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaBridgeError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("pool process: {0}")]
+    Proc(#[from] ProcError),
+    #[error("no record arrived for {idle:?} after {got} of {want} records")]
+    Idle { idle: Duration, got: u64, want: u64 },
+}
+
+/// Results of one bridged run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KafkaReport {
+    pub target: String,
+    pub records: u64,
+    pub bundles: u64,
+    /// From the first record consumed to the last output acknowledged.
+    pub seconds: f64,
+    pub records_per_sec: f64,
+    /// Subscribe → first record (consumer-group join), not in `seconds`.
+    pub join_seconds: f64,
+    pub bundle_latency: LatencySummary,
+    pub connect_ms: Vec<f64>,
+    pub pool_usage: Option<PoolUsage>,
+    pub driver_cpu_seconds: f64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+}
+
+impl KafkaReport {
+    pub fn ok(&self) -> bool {
+        self.errors == 0
+    }
+}
+
+impl std::fmt::Display for KafkaReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "kafka [{}] {} records in {} bundles: {:.0} records/s ({:.3} s; group join {:.2} s)",
+            self.target,
+            self.records,
+            self.bundles,
+            self.records_per_sec,
+            self.seconds,
+            self.join_seconds
+        )?;
+        let l = &self.bundle_latency;
+        writeln!(
+            f,
+            "  bundle      p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            l.p50_ms, l.p99_ms, l.max_ms
+        )?;
+        if let Some(p) = &self.pool_usage {
+            writeln!(
+                f,
+                "  pool        {:.2} CPU s ({:.2} per million records), peak RSS {:.1} MB",
+                p.cpu_seconds, p.cpu_seconds_per_million, p.peak_rss_mb
+            )?;
+        }
+        if self.errors == 0 {
+            write!(
+                f,
+                "  verified    every bundle's output bytes equal its input"
+            )
+        } else {
+            write!(
+                f,
+                "  ERRORS      {} bundle(s): {:?}",
+                self.errors, self.error_samples
+            )
+        }
+    }
+}
+
+/// One open bundle being filled from the topic.
+struct Filling {
+    buf: Vec<u8>,
+    records: u64,
+    opened: Instant,
+}
+
+struct Shared {
+    harness: Harness,
+    producer: FutureProducer,
+    output_topic: String,
+    format: WireFormat,
+    stats: Mutex<(Latencies, u64, Vec<String>)>,
+}
+
+impl Shared {
+    async fn error(&self, e: String) {
+        let mut s = self.stats.lock().await;
+        s.1 += 1;
+        if s.2.len() < 5 {
+            s.2.push(e);
+        }
+    }
+
+    /// Sends one bundle through the worker and produces its output.
+    async fn bundle(&self, lane: usize, input: Bytes) {
+        let sent = Instant::now();
+        let outcome = self
+            .harness
+            .run_bundle(lane, std::slice::from_ref(&input))
+            .await;
+        let latency = sent.elapsed();
+        let chunks = match outcome {
+            Ok(BundleOutcome::Output(chunks)) if same_bytes(&input, &chunks) => chunks,
+            Ok(BundleOutcome::Output(_)) => {
+                return self.error("output differs from input".into()).await;
+            }
+            Ok(BundleOutcome::Failed(e)) => return self.error(e).await,
+            Err(e) => return self.error(e.to_string()).await,
+        };
+        let mut deliveries = Vec::new();
+        for chunk in &chunks {
+            let mut pos = 0;
+            while pos < chunk.len() {
+                let element = match decode_element(&chunk[pos..], &self.format) {
+                    Ok(e) => e,
+                    Err(e) => return self.error(format!("undecodable output: {e}")).await,
+                };
+                pos += element.len;
+                let mut record = FutureRecord::<[u8], [u8]>::to(&self.output_topic);
+                if let Some(k) = element.key {
+                    record = record.key(k);
+                }
+                if let Some(v) = element.value {
+                    record = record.payload(v);
+                }
+                loop {
+                    match self.producer.send_result(record) {
+                        Ok(delivery) => {
+                            deliveries.push(delivery);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err((e, _)) => return self.error(format!("produce: {e}")).await,
+                    }
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return self.error(format!("delivery: {e}")).await,
+                Err(_) => return self.error("delivery cancelled".into()).await,
+            }
+        }
+        self.stats.lock().await.0.record(latency);
+    }
+}
+
+/// Bridges `config.records` records through the worker.
+pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
+    let harness = Harness::start(&config.target).await?;
+    let connect_ms = harness
+        .connect
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    let lanes = harness.lanes();
+    let group = format!("fnapi-loadgen-{}", std::process::id());
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // New groups on some Kafka-protocol brokers wait half of it before the
+        // first assignment (see shared/docs/kafka-notes.md).
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    consumer.subscribe(&[&config.input_topic])?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let shared = Arc::new(Shared {
+        harness,
+        producer,
+        output_topic: config.output_topic.clone(),
+        format: WireFormat::KV_NULLABLE_GLOBAL,
+        stats: Mutex::new(Default::default()),
+    });
+
+    let subscribed = Instant::now();
+    let mut first_record: Option<Instant> = None;
+    let mut pool_before = None;
+    let mut driver_before = None;
+    let permits = Arc::new(Semaphore::new(config.in_flight.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut consumed = 0u64;
+    let mut bundles = 0u64;
+    let mut filling: Option<Filling> = None;
+    let format = WireFormat::KV_NULLABLE_GLOBAL;
+    while consumed < config.records {
+        let deadline = filling
+            .as_ref()
+            .map(|f| tokio::time::Instant::from_std(f.opened + config.bundle_time));
+        let close = tokio::select! {
+            message = consumer.recv() => {
+                let message = message?;
+                if first_record.is_none() {
+                    first_record = Some(Instant::now());
+                    pool_before = config.pool_pid.map(procfs::sample_tree).transpose()?;
+                    driver_before = Some(procfs::sample_self()?);
+                }
+                let f = filling.get_or_insert_with(|| Filling {
+                    buf: Vec::with_capacity(config.bundle_records * 64),
+                    records: 0,
+                    opened: Instant::now(),
+                });
+                let timestamp = message.timestamp().to_millis().unwrap_or(0);
+                put_kv_element(
+                    &mut f.buf,
+                    timestamp,
+                    Window::Global,
+                    PANE_NO_FIRING,
+                    message.key(),
+                    message.payload(),
+                    format.nullable,
+                );
+                f.records += 1;
+                consumed += 1;
+                f.records as usize >= config.bundle_records || consumed == config.records
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
+            _ = tokio::time::sleep(config.idle) => {
+                return Err(KafkaBridgeError::Idle { idle: config.idle, got: consumed, want: config.records });
+            }
+        };
+        if close && let Some(f) = filling.take() {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let shared = shared.clone();
+            let lane = (bundles % lanes as u64) as usize;
+            bundles += 1;
+            tasks.spawn(async move {
+                shared.bundle(lane, Bytes::from(f.buf)).await;
+                drop(permit);
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let started = first_record.unwrap_or(subscribed);
+    let seconds = started.elapsed().as_secs_f64();
+    let pool_usage = match (config.pool_pid, pool_before) {
+        (Some(pid), Some(before)) => Some(PoolUsage::between(
+            pid,
+            &before,
+            &procfs::sample_tree(pid)?,
+            consumed,
+        )),
+        _ => None,
+    };
+    let driver_cpu_seconds =
+        procfs::sample_self()?.cpu_seconds - driver_before.map_or(0.0, |d| d.cpu_seconds);
+    let (latencies, errors, error_samples) = std::mem::take(&mut *shared.stats.lock().await);
+    if let Ok(shared) = Arc::try_unwrap(shared) {
+        shared.harness.shutdown().await;
+    }
+    Ok(KafkaReport {
+        target: config.target.kind.name().to_owned(),
+        records: consumed,
+        bundles,
+        seconds,
+        records_per_sec: consumed as f64 / seconds,
+        join_seconds: (started - subscribed).as_secs_f64(),
+        bundle_latency: latencies.summary(),
+        connect_ms,
+        pool_usage,
+        driver_cpu_seconds,
+        errors,
+        error_samples,
+    })
+}

@@ -1,0 +1,237 @@
+//! The data a run sends: fixed-size KV elements, cut into bundles and each
+//! bundle into runner chunks of whole elements.
+//!
+//! Elements come from `beam-integration` (keys hold the element index, values a
+//! pattern derived from it, so a dropped or reordered element changes the
+//! bytes). At most [`WorkloadSpec::max_generated_bytes`] are generated; longer
+//! runs cycle over them, so memory stays bounded whatever the element count.
+
+use beam_integration::WireFormat;
+use beam_integration::elements::{chunk_elements, synthetic_kv_elements};
+use bytes::Bytes;
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkloadSpec {
+    /// Elements in the whole run.
+    pub elements: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+    /// Elements per bundle; 0 puts the whole run in one bundle.
+    pub bundle_elements: u64,
+    /// Bytes per runner `Data` chunk (whole elements, at least one); 0 sends
+    /// each bundle as one chunk, as Beam's Python runner does.
+    pub chunk_bytes: usize,
+    /// KafkaIO's `kv(nullable(bytes), nullable(bytes))` instead of `kv(bytes, bytes)`.
+    pub nullable: bool,
+    /// Bound on the element bytes generated up front.
+    pub max_generated_bytes: usize,
+}
+
+impl WorkloadSpec {
+    pub fn wire_format(&self) -> WireFormat {
+        if self.nullable {
+            WireFormat::KV_NULLABLE_GLOBAL
+        } else {
+            WireFormat::KV_BYTES_GLOBAL
+        }
+    }
+}
+
+/// One bundle's input: `chunks` concatenated equal `data`.
+#[derive(Debug, Clone)]
+pub struct BundleInput {
+    pub data: Bytes,
+    pub chunks: Vec<Bytes>,
+    pub elements: u64,
+}
+
+/// Generated elements, ready to be handed out bundle by bundle.
+#[derive(Debug)]
+pub struct Workload {
+    pub spec: WorkloadSpec,
+    /// Encoded size of one element on the wire.
+    pub element_len: usize,
+    /// Distinct bundles generated; bundle `i` of the run is `distinct[i % len]`.
+    distinct: Vec<BundleInput>,
+    elements_per_chunk: usize,
+    bundle_elements: u64,
+}
+
+/// The workload cannot be built as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("--elements must be at least 1")]
+    NoElements,
+    #[error("generated elements do not parse back: {0}")]
+    Encoding(#[from] beam_integration::elements::ElementError),
+}
+
+impl Workload {
+    pub fn build(spec: WorkloadSpec) -> Result<Workload, WorkloadError> {
+        if spec.elements == 0 {
+            return Err(WorkloadError::NoElements);
+        }
+        let nullable = spec.nullable;
+        let element_len = synthetic_kv_elements(1, spec.key_size, spec.value_size, nullable).len();
+        let bundle_elements = match spec.bundle_elements {
+            0 => spec.elements,
+            n => n.min(spec.elements),
+        };
+        // Whole bundles, at least one, within the generation bound.
+        let cap = (spec.max_generated_bytes / element_len).max(1) as u64;
+        let bundles_generated = (cap / bundle_elements).max(1);
+        let generated = (bundles_generated * bundle_elements).min(spec.elements);
+        let all =
+            synthetic_kv_elements(generated as usize, spec.key_size, spec.value_size, nullable);
+        let elements_per_chunk = match spec.chunk_bytes {
+            0 => usize::MAX,
+            b => (b / element_len).max(1),
+        };
+        let format = spec.wire_format();
+        let distinct = chunk_elements(&all, &format, bundle_elements as usize)?
+            .into_iter()
+            .map(|data| {
+                let elements = (data.len() / element_len) as u64;
+                let chunks = split_chunks(&data, element_len, elements_per_chunk);
+                BundleInput {
+                    data,
+                    chunks,
+                    elements,
+                }
+            })
+            .collect();
+        Ok(Workload {
+            spec,
+            element_len,
+            distinct,
+            elements_per_chunk,
+            bundle_elements,
+        })
+    }
+
+    /// Bundles in the whole run.
+    pub fn bundle_count(&self) -> u64 {
+        self.spec.elements.div_ceil(self.bundle_elements)
+    }
+
+    /// Bundle `index` of the run (`index < bundle_count()`); the last one may
+    /// be shorter.
+    pub fn bundle(&self, index: u64) -> BundleInput {
+        let base = &self.distinct[(index % self.distinct.len() as u64) as usize];
+        let remaining = self.spec.elements - index * self.bundle_elements;
+        if remaining >= base.elements {
+            return base.clone();
+        }
+        let data = base.data.slice(..remaining as usize * self.element_len);
+        BundleInput {
+            chunks: split_chunks(&data, self.element_len, self.elements_per_chunk),
+            data,
+            elements: remaining,
+        }
+    }
+
+    /// Bytes of element data in the whole run (one direction).
+    pub fn total_bytes(&self) -> u64 {
+        self.spec.elements * self.element_len as u64
+    }
+}
+
+/// Zero-copy chunks of `per_chunk` fixed-size elements.
+fn split_chunks(data: &Bytes, element_len: usize, per_chunk: usize) -> Vec<Bytes> {
+    let step = element_len.saturating_mul(per_chunk).max(element_len);
+    (0..data.len())
+        .step_by(step)
+        .map(|start| data.slice(start..(start + step).min(data.len())))
+        .collect()
+}
+
+/// Whether `output` (chunks in arrival order) is byte for byte `expected`;
+/// a memcmp per chunk, no per-element work.
+pub fn same_bytes(expected: &[u8], output: &[Bytes]) -> bool {
+    let mut pos = 0;
+    for chunk in output {
+        let end = pos + chunk.len();
+        if end > expected.len() || expected[pos..end] != chunk[..] {
+            return false;
+        }
+        pos = end;
+    }
+    pos == expected.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beam_integration::elements::count_elements;
+
+    fn spec(elements: u64, bundle: u64, chunk_bytes: usize, max: usize) -> WorkloadSpec {
+        WorkloadSpec {
+            elements,
+            key_size: 10,
+            value_size: 100,
+            bundle_elements: bundle,
+            chunk_bytes,
+            nullable: false,
+            max_generated_bytes: max,
+        }
+    }
+
+    #[test]
+    fn bundles_and_chunks_hold_whole_elements() {
+        let w = Workload::build(spec(1050, 100, 1000, 1 << 20)).unwrap();
+        assert_eq!(w.element_len, 125);
+        assert_eq!(w.bundle_count(), 11);
+        let mut total = 0;
+        for i in 0..w.bundle_count() {
+            let b = w.bundle(i);
+            assert_eq!(b.chunks.concat(), b.data.to_vec());
+            for c in &b.chunks {
+                assert_eq!(c.len() % 125, 0);
+                assert!(c.len() <= 1000);
+            }
+            assert_eq!(
+                count_elements(&b.data, &w.spec.wire_format()).unwrap() as u64,
+                b.elements
+            );
+            total += b.elements;
+        }
+        assert_eq!(total, 1050);
+        assert_eq!(w.bundle(10).elements, 50);
+    }
+
+    #[test]
+    fn generation_is_bounded_and_cycles() {
+        // Room for 2 bundles of 10 elements: bundle 2 repeats bundle 0.
+        let w = Workload::build(spec(100, 10, 0, 25 * 125)).unwrap();
+        assert_eq!(w.distinct.len(), 2);
+        assert_eq!(w.bundle(2).data, w.bundle(0).data);
+        assert_eq!(
+            w.bundle(0).chunks.len(),
+            1,
+            "chunk_bytes 0 = one chunk per bundle"
+        );
+        assert_eq!(w.total_bytes(), 100 * 125);
+    }
+
+    #[test]
+    fn one_bundle_for_everything_and_nullable_elements() {
+        let mut s = spec(7, 0, 0, 1 << 20);
+        s.nullable = true;
+        let w = Workload::build(s).unwrap();
+        assert_eq!(w.bundle_count(), 1);
+        assert_eq!(w.element_len, 127);
+        assert_eq!(w.bundle(0).elements, 7);
+    }
+
+    #[test]
+    fn byte_comparison_spans_chunks() {
+        let expected = b"abcdef";
+        let ok = [Bytes::from_static(b"ab"), Bytes::from_static(b"cdef")];
+        assert!(same_bytes(expected, &ok));
+        assert!(!same_bytes(expected, &ok[..1]));
+        assert!(!same_bytes(expected, &[Bytes::from_static(b"abcdeX")]));
+        assert!(!same_bytes(expected, &[Bytes::from_static(b"abcdefg")]));
+        assert!(same_bytes(b"", &[]));
+    }
+}
