@@ -6,7 +6,7 @@
 //! not arrived yet (the Python runner sends a whole bundle first) is held up to a
 //! byte bound; input for recently finished instructions is dropped.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use beam_proto::fn_execution::beam_fn_data_client::BeamFnDataClient;
@@ -194,9 +194,10 @@ struct Router {
     pending: HashMap<String, Vec<Inbound>>,
     pending_bytes: usize,
     max_pending_bytes: usize,
-    /// Instructions whose early input overflowed the bound, with the bytes held then.
-    overflowed: HashMap<String, usize>,
-    finished: RecentIds,
+    /// Instructions whose early input overflowed the bound, with the bytes held
+    /// then; bounded, since a runner may never send those requests.
+    overflowed: Recent<usize>,
+    finished: Recent<()>,
 }
 
 impl Router {
@@ -206,8 +207,8 @@ impl Router {
             pending: HashMap::new(),
             pending_bytes: 0,
             max_pending_bytes,
-            overflowed: HashMap::new(),
-            finished: RecentIds::new(REMEMBERED_FINISHED),
+            overflowed: Recent::new(REMEMBERED_FINISHED),
+            finished: Recent::new(REMEMBERED_FINISHED),
         }
     }
 
@@ -216,12 +217,11 @@ impl Router {
             if tx.send(item).await.is_err() {
                 // The bundle ended without telling us yet; its input is moot.
                 self.active.remove(&instruction_id);
-                self.finished.insert(instruction_id);
+                self.finished.insert(instruction_id, ());
             }
             return;
         }
-        if self.finished.contains(&instruction_id) || self.overflowed.contains_key(&instruction_id)
-        {
+        if self.finished.contains(&instruction_id) || self.overflowed.contains(&instruction_id) {
             return;
         }
         let size = match &item {
@@ -245,8 +245,8 @@ impl Router {
                 limit = self.max_pending_bytes,
                 "input for a bundle not yet started exceeds the pending-data bound; that bundle will fail"
             );
-            self.overflowed
-                .insert(instruction_id, self.pending_bytes + dropped + size);
+            let held = self.pending_bytes + dropped + size;
+            self.overflowed.insert(instruction_id, held);
             return;
         }
         self.pending_bytes += size;
@@ -281,7 +281,7 @@ impl Router {
             }
         }
         self.overflowed.remove(&instruction_id);
-        self.finished.insert(instruction_id);
+        self.finished.insert(instruction_id, ());
     }
 
     /// Tells every waiting bundle why its input stopped.
@@ -377,35 +377,41 @@ async fn dispatch(router: &mut Router, elements: Elements) {
     }
 }
 
-/// A bounded set of ids that forgets the oldest first.
-struct RecentIds {
+/// A bounded map of instruction ids that forgets the oldest first.
+struct Recent<V> {
     order: VecDeque<String>,
-    set: HashSet<String>,
+    map: HashMap<String, V>,
     capacity: usize,
 }
 
-impl RecentIds {
+impl<V> Recent<V> {
     fn new(capacity: usize) -> Self {
         Self {
             order: VecDeque::new(),
-            set: HashSet::new(),
+            map: HashMap::new(),
             capacity,
         }
     }
 
-    fn insert(&mut self, id: String) {
-        if self.set.insert(id.clone()) {
+    fn insert(&mut self, id: String, value: V) {
+        if self.map.insert(id.clone(), value).is_none() {
             self.order.push_back(id);
-            if self.order.len() > self.capacity
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
             }
         }
     }
 
     fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
+        self.map.contains_key(id)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<V> {
+        let value = self.map.remove(id)?;
+        self.order.retain(|o| o != id);
+        Some(value)
     }
 }
 
@@ -480,11 +486,14 @@ mod tests {
 
     #[test]
     fn recent_ids_forget_the_oldest() {
-        let mut ids = RecentIds::new(2);
+        let mut ids = Recent::new(2);
         for id in ["a", "b", "c"] {
-            ids.insert(id.into());
+            ids.insert(id.into(), ());
         }
         assert!(!ids.contains("a"));
         assert!(ids.contains("b") && ids.contains("c"));
+        assert_eq!(ids.remove("b"), Some(()));
+        ids.insert("d".into(), ());
+        assert!(ids.contains("c") && ids.contains("d"));
     }
 }
