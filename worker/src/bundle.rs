@@ -257,15 +257,7 @@ impl<'a> Bundle<'a> {
             instruction_id: self.instruction_id.to_owned(),
             channels: Vec::new(),
         };
-        let mut urls: Vec<&str> = self
-            .plan
-            .inputs
-            .iter()
-            .map(|i| i.port.data_url.as_str())
-            .collect();
-        urls.sort_unstable();
-        urls.dedup();
-        for url in urls {
+        for url in self.plan.input_urls() {
             let channel = channels.get(url)?;
             channel.register(self.instruction_id, tx.clone())?;
             registration.channels.push(channel);
@@ -302,14 +294,13 @@ impl<'a> Bundle<'a> {
     async fn on_chunk(&mut self, id: StreamId, chunk: Bytes) -> Result<(), BundleError> {
         let plan = self.plan.clone();
         let max_piece = self.flush_bytes;
-        let work = chunk.clone();
         let result = if chunk.len() > BLOCKING_CHUNK_BYTES {
-            let plan = plan.clone();
+            let (plan, work) = (plan.clone(), chunk.clone());
             tokio::task::spawn_blocking(move || run_chunk(plan.stream(id), &plan, &work, max_piece))
                 .await
                 .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         } else {
-            run_chunk(plan.stream(id), &plan, &work, max_piece)
+            run_chunk(plan.stream(id), &plan, &chunk, max_piece)
         };
         let (elements, outputs) = result.map_err(|e| self.element_error(id, e))?;
         match id {
@@ -353,16 +344,13 @@ impl<'a> Bundle<'a> {
         chunk: &[u8],
     ) -> Result<(), BundleError> {
         let plan = &self.plan.writes[w];
-        let kafka_error = |source| BundleError::Kafka {
-            transform_id: plan.transform_id.clone(),
-            source,
-        };
+        let kafka_error = kafka_error(&plan.transform_id);
         if self.writers[w].is_none() {
             let producer = self
                 .producers
                 .get(&plan.config)
                 .await
-                .map_err(kafka_error)?;
+                .map_err(&kafka_error)?;
             self.writers[w] = Some(Writer::new(producer, &plan.config.topic));
         }
         if let Some(writer) = self.writers[w].as_mut() {
@@ -396,10 +384,7 @@ impl<'a> Bundle<'a> {
         r: usize,
         result: Result<ReadOutcome, KafkaError>,
     ) -> Result<(), BundleError> {
-        let outcome = result.map_err(|source| BundleError::Kafka {
-            transform_id: self.plan.reads[r].transform_id.clone(),
-            source,
-        })?;
+        let outcome = result.map_err(kafka_error(&self.plan.reads[r].transform_id))?;
         debug!(records = outcome.records, "Kafka read done");
         self.commits.extend(outcome.commits);
         Ok(())
@@ -436,10 +421,10 @@ impl<'a> Bundle<'a> {
     async fn finish(mut self) -> Result<BundleOutcome, BundleError> {
         for (w, writer) in std::mem::take(&mut self.writers).into_iter().enumerate() {
             if let Some(writer) = writer {
-                let written = writer.finish().await.map_err(|source| BundleError::Kafka {
-                    transform_id: self.plan.writes[w].transform_id.clone(),
-                    source,
-                })?;
+                let written = writer
+                    .finish()
+                    .await
+                    .map_err(kafka_error(&self.plan.writes[w].transform_id))?;
                 debug!(written, "Kafka write acknowledged");
             }
         }
@@ -498,6 +483,14 @@ impl<'a> Bundle<'a> {
                 .map(|(p, c)| metrics::element_count(p, c)),
         );
         infos
+    }
+}
+
+/// Attributes a Kafka failure to the transform it happened in.
+fn kafka_error(transform_id: &str) -> impl Fn(KafkaError) -> BundleError + '_ {
+    move |source| BundleError::Kafka {
+        transform_id: transform_id.to_owned(),
+        source,
     }
 }
 

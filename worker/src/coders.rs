@@ -440,15 +440,19 @@ pub fn varint_i64(value: i64) -> Vec<u8> {
     out
 }
 
-/// Cursor over a chunk that reports where it ran out.
-struct Reader<'a> {
+/// Cursor over a chunk that reports where it ran out; also reads schema Rows.
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
-    pos: usize,
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
     #[inline]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CoderError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CoderError> {
         let rest = self.buf.len() - self.pos;
         if n > rest {
             return Err(CoderError::Truncated {
@@ -470,7 +474,7 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn varint(&mut self) -> Result<u64, CoderError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, CoderError> {
         let start = self.pos;
         let mut value = 0u64;
         for i in 0..10 {

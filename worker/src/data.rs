@@ -52,6 +52,16 @@ pub enum Inbound {
     Failed(DataError),
 }
 
+impl Inbound {
+    /// Payload bytes this item holds, for the pending-data bound.
+    fn bytes(&self) -> usize {
+        match self {
+            Inbound::Data(d) => d.data.len(),
+            _ => 0,
+        }
+    }
+}
+
 enum Command {
     Register {
         instruction_id: String,
@@ -224,20 +234,14 @@ impl Router {
         if self.finished.contains(&instruction_id) || self.overflowed.contains(&instruction_id) {
             return;
         }
-        let size = match &item {
-            Inbound::Data(d) => d.data.len(),
-            _ => 0,
-        };
+        let size = item.bytes();
         if self.pending_bytes + size > self.max_pending_bytes {
             let dropped: usize = self
                 .pending
                 .remove(&instruction_id)
                 .into_iter()
                 .flatten()
-                .map(|i| match i {
-                    Inbound::Data(d) => d.data.len(),
-                    _ => 0,
-                })
+                .map(|i| i.bytes())
                 .sum();
             self.pending_bytes -= dropped;
             warn!(
@@ -263,9 +267,7 @@ impl Router {
                 .await;
         }
         for item in self.pending.remove(&instruction_id).into_iter().flatten() {
-            if let Inbound::Data(d) = &item {
-                self.pending_bytes -= d.data.len();
-            }
+            self.pending_bytes -= item.bytes();
             if tx.send(item).await.is_err() {
                 break;
             }
@@ -276,9 +278,7 @@ impl Router {
     fn finish(&mut self, instruction_id: String) {
         self.active.remove(&instruction_id);
         for item in self.pending.remove(&instruction_id).into_iter().flatten() {
-            if let Inbound::Data(d) = item {
-                self.pending_bytes -= d.data.len();
-            }
+            self.pending_bytes -= item.bytes();
         }
         self.overflowed.remove(&instruction_id);
         self.finished.insert(instruction_id, ());

@@ -197,6 +197,14 @@ impl Request<'_> {
         &self.transform.unique_name
     }
 
+    /// The output tag the SDK asked for, if exactly one, else ours.
+    fn output_tag(&self) -> String {
+        match self.transform.outputs.keys().collect::<Vec<_>>().as_slice() {
+            [only] => (*only).clone(),
+            _ => DEFAULT_OUTPUT_TAG.to_owned(),
+        }
+    }
+
     fn payload(&self) -> &[u8] {
         self.transform
             .spec
@@ -223,10 +231,7 @@ impl Request<'_> {
             is_bounded: input.pcollection.is_bounded,
             windowing_strategy_id: input.strategy_id.clone(),
         };
-        let output_tag = match self.transform.outputs.keys().collect::<Vec<_>>().as_slice() {
-            [only] => (*only).clone(),
-            _ => DEFAULT_OUTPUT_TAG.to_owned(),
-        };
+        let output_tag = self.output_tag();
         Ok(self.bound_leaf(input, (output_tag, output_id, output), env_id))
     }
 
@@ -308,10 +313,7 @@ impl Request<'_> {
             environment_id: env_id.clone(),
             ..Default::default()
         };
-        let output_tag = match self.transform.outputs.keys().collect::<Vec<_>>().as_slice() {
-            [only] => (*only).clone(),
-            _ => DEFAULT_OUTPUT_TAG.to_owned(),
-        };
+        let output_tag = self.output_tag();
         let composite = PTransform {
             subtransforms: vec![impulse_id.clone(), read_id.clone()],
             outputs: HashMap::from([(output_tag, records.clone())]),
@@ -566,16 +568,6 @@ mod tests {
 
     const POOL: &str = "localhost:50000";
     const NS: &str = "external_7";
-
-    fn coder(urn: &str, components: &[&str]) -> Coder {
-        Coder {
-            spec: Some(FunctionSpec {
-                urn: urn.into(),
-                payload: Default::default(),
-            }),
-            component_coder_ids: components.iter().map(|s| s.to_string()).collect(),
-        }
-    }
 
     /// Components shaped like what the Python SDK sends: the input PCollection,
     /// its coders and windowing strategy, a fake impulse producing the input,

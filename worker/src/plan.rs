@@ -117,13 +117,12 @@ pub struct StagePlan {
 }
 
 impl StagePlan {
-    /// Data URLs the stage reads from or writes to, each once.
-    pub fn data_urls(&self) -> Vec<&str> {
+    /// Data URLs the stage reads its input from, each once.
+    pub fn input_urls(&self) -> Vec<&str> {
         let mut urls: Vec<&str> = self
             .inputs
             .iter()
             .map(|i| i.port.data_url.as_str())
-            .chain(self.sinks.iter().map(|s| s.data_url.as_str()))
             .collect();
         urls.sort_unstable();
         urls.dedup();
@@ -536,7 +535,7 @@ mod tests {
                 pass_through: true
             }]
         );
-        assert_eq!(plan.data_urls(), ["localhost:1"]);
+        assert_eq!(plan.input_urls(), ["localhost:1"]);
     }
 
     #[test]

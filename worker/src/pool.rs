@@ -293,7 +293,6 @@ pub async fn serve(
     let server = tokio::spawn(server);
     shutdown.await;
     info!("shutting down: refusing new workers and bundles");
-    pool.inner.lifecycle.drain();
     stopped.cancel();
     pool.shut_down(grace).await;
     match server.await {

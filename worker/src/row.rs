@@ -10,6 +10,8 @@ use beam_proto::pipeline::field_type::TypeInfo;
 use beam_proto::pipeline::{AtomicType, ExternalConfigurationPayload, FieldType, Schema};
 use prost::Message;
 
+use crate::coders::Reader;
+
 /// A decoded field value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -124,7 +126,7 @@ fn wrong(field: &str, expected: &str, found: &Value) -> RowError {
 
 /// Decodes `bytes` as one row of `schema`.
 pub fn decode_row(schema: &Schema, bytes: &[u8]) -> Result<Config, RowError> {
-    let mut r = Cursor { buf: bytes, pos: 0 };
+    let mut r = Cursor(Reader::new(bytes));
     let mut fields: Vec<_> = schema.fields.iter().collect();
     if schema.encoding_positions_set {
         fields.sort_by_key(|f| f.encoding_position);
@@ -161,31 +163,18 @@ pub fn decode_row(schema: &Schema, bytes: &[u8]) -> Result<Config, RowError> {
     Ok(Config(out))
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
+/// The coders' byte reader, with errors worded for configuration.
+struct Cursor<'a>(Reader<'a>);
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], RowError> {
-        if self.buf.len() - self.pos < n {
-            return Err(RowError::Truncated(self.pos));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+        let at = self.0.pos;
+        self.0.take(n).map_err(|_| RowError::Truncated(at))
     }
 
     fn varint(&mut self) -> Result<u64, RowError> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let b = self.take(1)?[0];
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(RowError::Truncated(self.pos))
+        let at = self.0.pos;
+        self.0.varint().map_err(|_| RowError::Truncated(at))
     }
 
     fn fixed_count(&mut self) -> Result<usize, RowError> {
@@ -217,7 +206,7 @@ impl<'a> Cursor<'a> {
                 }
                 Ok(AtomicType::String) => {
                     let len = self.varint()? as usize;
-                    let at = self.pos;
+                    let at = self.0.pos;
                     let s = std::str::from_utf8(self.take(len)?)
                         .map_err(|_| RowError::Truncated(at))?;
                     Ok(Value::Str(s.to_owned()))
@@ -271,6 +260,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::coders::put_varint;
     use beam_proto::pipeline::{ArrayType, Field, MapType};
 
     fn atomic(t: AtomicType, nullable: bool) -> FieldType {
@@ -280,16 +270,8 @@ pub(crate) mod testing {
         }
     }
 
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
     fn string(out: &mut Vec<u8>, s: &str) {
-        varint(out, s.len() as u64);
+        put_varint(out, s.len() as u64);
         out.extend_from_slice(s.as_bytes());
     }
 
@@ -299,7 +281,7 @@ pub(crate) mod testing {
     pub(crate) fn payload(fields: &[(&str, Value)]) -> Vec<u8> {
         let mut schema = Schema::default();
         let mut row = Vec::new();
-        varint(&mut row, fields.len() as u64);
+        put_varint(&mut row, fields.len() as u64);
         let mut bitmap = vec![0u8; fields.len().div_ceil(8)];
         let mut values = Vec::new();
         for (i, (name, value)) in fields.iter().enumerate() {
@@ -310,7 +292,7 @@ pub(crate) mod testing {
                     atomic(AtomicType::Int64, true)
                 }
                 Value::Int(v) => {
-                    varint(&mut values, *v as u64);
+                    put_varint(&mut values, *v as u64);
                     atomic(AtomicType::Int64, true)
                 }
                 Value::Bool(b) => {
@@ -359,7 +341,7 @@ pub(crate) mod testing {
                 ..Default::default()
             });
         }
-        varint(&mut row, bitmap.len() as u64);
+        put_varint(&mut row, bitmap.len() as u64);
         row.extend_from_slice(&bitmap);
         row.extend_from_slice(&values);
         ExternalConfigurationPayload {

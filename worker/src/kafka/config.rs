@@ -39,16 +39,12 @@ pub struct WriteConfig {
 
 impl ReadConfig {
     pub fn from_payload(payload: &[u8]) -> Result<Self, KafkaError> {
-        let err = |why: String| KafkaError::Config {
-            transform: "Kafka read",
-            why,
-        };
-        let c = Config::from_payload(payload).map_err(|e| err(e.to_string()))?;
-        reject_unknown(&c, READ_FIELDS).map_err(err)?;
+        let err = config_error(READ);
+        let c = load(payload, READ, READ_FIELDS)?;
         let consumer = c
             .string_map("consumer_config")
             .map_err(|e| err(e.to_string()))?;
-        require_bootstrap(&consumer).map_err(err)?;
+        require_bootstrap(&consumer).map_err(&err)?;
         let topics = c.strings("topics").map_err(|e| err(e.to_string()))?;
         if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
             return Err(err("`topics` must name at least one topic".into()));
@@ -84,16 +80,12 @@ impl ReadConfig {
 
 impl WriteConfig {
     pub fn from_payload(payload: &[u8]) -> Result<Self, KafkaError> {
-        let err = |why: String| KafkaError::Config {
-            transform: "Kafka write",
-            why,
-        };
-        let c = Config::from_payload(payload).map_err(|e| err(e.to_string()))?;
-        reject_unknown(&c, WRITE_FIELDS).map_err(err)?;
+        let err = config_error(WRITE);
+        let c = load(payload, WRITE, WRITE_FIELDS)?;
         let producer = c
             .string_map("producer_config")
             .map_err(|e| err(e.to_string()))?;
-        require_bootstrap(&producer).map_err(err)?;
+        require_bootstrap(&producer).map_err(&err)?;
         let topic = c
             .string("topic")
             .map_err(|e| err(e.to_string()))?
@@ -105,6 +97,22 @@ impl WriteConfig {
     pub fn bootstrap(&self) -> &str {
         bootstrap(&self.producer)
     }
+}
+
+const READ: &str = "Kafka read";
+const WRITE: &str = "Kafka write";
+
+/// A configuration error of `transform`.
+fn config_error(transform: &'static str) -> impl Fn(String) -> KafkaError {
+    move |why| KafkaError::Config { transform, why }
+}
+
+/// Decodes the payload's Row and refuses fields the transform does not know.
+fn load(payload: &[u8], transform: &'static str, known: &[&str]) -> Result<Config, KafkaError> {
+    let err = config_error(transform);
+    let c = Config::from_payload(payload).map_err(|e| err(e.to_string()))?;
+    reject_unknown(&c, known).map_err(err)?;
+    Ok(c)
 }
 
 fn bootstrap(config: &BTreeMap<String, String>) -> &str {
