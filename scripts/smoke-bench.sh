@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke test of the benchmark tooling, for the test suite: builds the load
-# driver (with its Kafka bridge), then runs tiny versions of the benchmark
+# driver, then runs tiny versions of the benchmark
 # matrix against all three targets (our worker, Beam's Python worker pool, the
 # bare gRPC echo) and the Kafka-fed echo test against both workers. Checks
 # correctness only (every output byte equals the input, kcat sees echo-output

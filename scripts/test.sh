@@ -19,7 +19,7 @@ step "Python venv with apache-beam"
 scripts/setup-python.sh
 
 step "real Beam pipelines through the worker, and proto conformance against apache-beam"
-.venv/bin/python -m pytest integration/python -q -p no:cacheprovider
+.venv/bin/python -m pytest integration/python -q
 
 if [[ -x scripts/smoke-bench.sh ]]; then
   step "smoke runs of the load driver and the Kafka-fed load test"

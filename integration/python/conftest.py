@@ -32,6 +32,20 @@ STARTUP_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 15
 
 
+def portable(*extra, job_endpoint="embed"):
+    """Options for Beam's portable runner; the pipelines' Python steps run in-process."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(
+        [
+            "--runner=PortableRunner",
+            f"--job_endpoint={job_endpoint}",
+            "--environment_type=LOOPBACK",
+            *extra,
+        ]
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,7 +221,6 @@ class KafkaBroker:
 
     def __init__(self, state_dir: Path):
         self.env = {**os.environ, "KAFKA_STATE": str(state_dir)}
-        self.log_path = state_dir / "broker.log"
         self.address = self.script("start").strip().splitlines()[-1]
 
     def script(self, *args, input=None, text=True) -> "str | bytes":

@@ -18,6 +18,7 @@ from apache_beam.transforms.external import ExternalTransform
 from apache_beam.transforms.window import FixedWindows, SlidingWindows, TimestampedValue
 
 from beam_rust_worker import KV_ECHO_URN, KvEcho
+from conftest import portable
 
 KV = beam.typehints.Tuple[bytes, bytes]
 OPTIONAL_KEY_KV = beam.typehints.Tuple[typing.Optional[bytes], bytes]
@@ -25,17 +26,6 @@ OPTIONAL_KEY_KV = beam.typehints.Tuple[typing.Optional[bytes], bytes]
 URN_KV = "beam:coder:kv:v1"
 URN_BYTES = "beam:coder:bytes:v1"
 URN_NULLABLE = "beam:coder:nullable:v1"
-
-
-def portable(*extra, job_endpoint="embed"):
-    return PipelineOptions(
-        [
-            "--runner=PortableRunner",
-            f"--job_endpoint={job_endpoint}",
-            "--environment_type=LOOPBACK",
-            *extra,
-        ]
-    )
 
 
 def coder_tree(components, coder_id):

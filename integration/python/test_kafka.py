@@ -16,23 +16,16 @@ from datetime import datetime
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from beam_rust_worker import KV_ECHO_URN as KV_ECHO
 from beam_rust_worker import KvEcho
+from beam_rust_worker.kafka import KAFKA_READ_URN as KAFKA_READ
+from beam_rust_worker.kafka import KAFKA_WRITE_URN as KAFKA_WRITE
 from beam_rust_worker.kafka import ReadFromKafka, WriteToKafka
-from conftest import REPO, free_port
+from conftest import REPO, free_port, portable
 
-KAFKA_READ = "beam:transform:rust_worker:kafka_read:v1"
-KAFKA_WRITE = "beam:transform:rust_worker:kafka_write:v1"
-KV_ECHO = "beam:transform:rust_worker:kv_echo:v1"
 STAGE_PLANNED = re.compile(r"stage planned .*transforms=(\S+)")
-
-
-def portable():
-    return PipelineOptions(
-        ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
-    )
 
 
 def run_echo(worker, bootstrap, source, sink, group=None, producer=None,
@@ -164,7 +157,8 @@ def kafka_echo_example():
 # --------------------------------------------------------------------------
 
 
-def test_100k_records_round_trip_with_kcat(rust_worker, kafka_broker, worker_log, capsys):
+def test_100k_records_round_trip_with_kcat(rust_worker, kafka_broker, worker_log, capsys,
+                                           tmp_path):
     """examples/kafka_echo.py over 100,000 keyed records: kcat produces them,
     kcat reads the output back, compared record by record."""
     n = 100_000
@@ -183,14 +177,9 @@ def test_100k_records_round_trip_with_kcat(rust_worker, kafka_broker, worker_log
     seconds = time.monotonic() - start
 
     expected = sorted(line.replace(":", "\t", 1) for line in lines)
-    got = []
-    for _ in range(10):  # kcat -e stops at each partition's end; see read_topic
-        out = kafka_broker.kcat("-C", "-t", sink, "-o", "beginning", "-e", "-q",
-                                "-f", "%k\\t%s\\n")
-        got = sorted(out.decode().splitlines())
-        if len(got) >= n:
-            break
-        time.sleep(0.5)
+    # kcat -e stops at each partition's end; `dump` re-reads until all are there.
+    kafka_broker.script("dump", sink, n, tmp_path / "out.txt")
+    got = sorted((tmp_path / "out.txt").read_text().splitlines())
     assert len(got) == n, f"{len(got)} records in {sink}, expected {n}"
     for i, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"record {i} (sorted) differs: {g!r} != {e!r}"

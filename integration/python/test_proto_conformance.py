@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
 
 # Beam's generated modules (attributes of apache_beam.portability.api) that
 # hold the files we mirror. Their imports pull in
