@@ -47,9 +47,6 @@ pub struct BundleSpec {
     /// Java-style framing: the last chunk and the `is_last` entries travel in
     /// one `Elements` message instead of a separate empty one.
     pub is_last_with_data: bool,
-    /// `false` counts output bytes and chunks without keeping them, so a load
-    /// driver's memory does not grow with bundle size.
-    pub collect_outputs: bool,
     /// With [`DataOrder::DataFirst`]: pause this long between handing the data
     /// to the stream and sending the request, so the worker surely holds the
     /// data as pending first (for tests of its pending-data buffer).
@@ -69,7 +66,6 @@ impl BundleSpec {
             timeout: None,
             send_is_last: true,
             is_last_with_data: false,
-            collect_outputs: true,
             request_delay: None,
             instruction_id: None,
         }
@@ -121,11 +117,6 @@ impl BundleSpec {
         self
     }
 
-    pub fn count_only(mut self) -> Self {
-        self.collect_outputs = false;
-        self
-    }
-
     /// Sends the data first and the request `delay` later.
     pub fn data_first_with_delay(mut self, delay: Duration) -> Self {
         self.order = DataOrder::DataFirst;
@@ -172,7 +163,7 @@ impl BundleSpec {
 /// Output received for one transform.
 #[derive(Debug, Clone, Default)]
 pub struct OutputStream {
-    /// Non-empty data chunks in arrival order (empty if outputs were not collected).
+    /// Non-empty data chunks in arrival order.
     pub chunks: Vec<Bytes>,
     /// Total payload bytes.
     pub bytes: u64,
@@ -260,7 +251,7 @@ impl BundleResult {
 }
 
 /// Finds the monitoring info with `urn` whose label `key` equals `value`.
-pub fn find_monitoring_info<'a>(
+pub(crate) fn find_monitoring_info<'a>(
     infos: &'a [MonitoringInfo],
     urn: &str,
     key: &str,
@@ -272,7 +263,12 @@ pub fn find_monitoring_info<'a>(
 }
 
 /// The varint payload of a `beam:metrics:sum_int64:v1` info, if it is one.
-pub fn sum_int64(infos: &[MonitoringInfo], urn: &str, key: &str, value: &str) -> Option<i64> {
+pub(crate) fn sum_int64(
+    infos: &[MonitoringInfo],
+    urn: &str,
+    key: &str,
+    value: &str,
+) -> Option<i64> {
     let mi = find_monitoring_info(infos, urn, key, value)?;
     if mi.r#type != urns::SUM_INT64_TYPE {
         return None;
@@ -285,24 +281,27 @@ pub fn sum_int64(infos: &[MonitoringInfo], urn: &str, key: &str, value: &str) ->
 
 /// Accumulates one bundle's output as it arrives.
 pub(crate) struct Collector {
-    collect: bool,
     sinks: Vec<String>,
     pub(crate) outputs: HashMap<String, OutputStream>,
     pub(crate) violations: Vec<String>,
 }
 
 impl Collector {
-    pub(crate) fn new(spec: &BundleSpec) -> Self {
+    /// Collects for a bundle that completes on `sinks`.
+    pub(crate) fn new(sinks: Vec<String>) -> Self {
         Collector {
-            collect: spec.collect_outputs,
-            sinks: spec.sinks.clone(),
+            sinks,
             outputs: HashMap::new(),
             violations: Vec::new(),
         }
     }
 
     pub(crate) fn push(&mut self, data: Data) {
-        let output = self.outputs.entry(data.transform_id.clone()).or_default();
+        // No key clone per entry: the transform id is only copied the first time.
+        let output = match self.outputs.get_mut(&data.transform_id) {
+            Some(output) => output,
+            None => self.outputs.entry(data.transform_id.clone()).or_default(),
+        };
         if output.is_last && (!data.data.is_empty() || data.is_last) {
             self.violations.push(format!(
                 "data for '{}' after its is_last (Java runners throw here)",
@@ -312,9 +311,7 @@ impl Collector {
         if !data.data.is_empty() {
             output.bytes += data.data.len() as u64;
             output.chunk_count += 1;
-            if self.collect {
-                output.chunks.push(data.data);
-            }
+            output.chunks.push(data.data);
         }
         output.is_last |= data.is_last;
     }

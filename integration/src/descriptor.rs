@@ -233,7 +233,7 @@ fn windowing_strategy(kind: WindowKind, window_coder_id: &str, env: &str) -> Win
 }
 
 /// Serialized `RemoteGrpcPort` payload of a source or sink transform.
-pub fn remote_grpc_port(data_url: &str, coder_id: &str) -> Bytes {
+pub(crate) fn remote_grpc_port(data_url: &str, coder_id: &str) -> Bytes {
     RemoteGrpcPort {
         api_service_descriptor: Some(ApiServiceDescriptor {
             url: data_url.into(),
@@ -269,7 +269,7 @@ pub fn pickled_python_pardo(input_pcollection: &str, output_pcollection: &str) -
 }
 
 /// Id of the EXTERNAL environment the echo transform is bound to.
-pub const ENV_ID: &str = "rust_external_env";
+pub(crate) const ENV_ID: &str = "rust_external_env";
 
 /// A built echo descriptor plus the ids a test needs to drive and check it.
 #[derive(Debug, Clone)]

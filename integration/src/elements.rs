@@ -5,7 +5,7 @@
 //! Formats follow `shared/docs/fnapi-notes.md` §3; everything is in the nested
 //! context, as on the wire.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Beam's minimum timestamp in milliseconds (`BoundedWindow.TIMESTAMP_MIN_VALUE`).
 pub const TIMESTAMP_MIN_MILLIS: i64 = -9_223_372_036_854_775;
@@ -275,12 +275,12 @@ pub fn synthetic_kv_elements(
     value_len: usize,
     nullable: bool,
 ) -> Bytes {
-    let mut one = Vec::new();
+    let mut out = Vec::new();
     let per_element = {
         let key = vec![0u8; key_len];
         let value = vec![0u8; value_len];
         put_kv_element(
-            &mut one,
+            &mut out,
             TIMESTAMP_MIN_MILLIS,
             Window::Global,
             PANE_NO_FIRING,
@@ -288,12 +288,12 @@ pub fn synthetic_kv_elements(
             Some(&value),
             nullable,
         );
-        one.len()
+        out.len()
     };
-    let mut out = BytesMut::with_capacity(per_element * count);
+    out.clear();
+    out.reserve_exact(per_element * count);
     let mut key = vec![0u8; key_len];
     let mut value = vec![0u8; value_len];
-    let mut buf = Vec::with_capacity(per_element);
     for i in 0..count {
         let index = (i as u64).to_be_bytes();
         for (j, byte) in key.iter_mut().enumerate() {
@@ -302,9 +302,8 @@ pub fn synthetic_kv_elements(
         for (j, byte) in value.iter_mut().enumerate() {
             *byte = (i as u8).wrapping_add(j as u8);
         }
-        buf.clear();
         put_kv_element(
-            &mut buf,
+            &mut out,
             TIMESTAMP_MIN_MILLIS,
             Window::Global,
             PANE_NO_FIRING,
@@ -312,14 +311,19 @@ pub fn synthetic_kv_elements(
             Some(&value),
             nullable,
         );
-        out.extend_from_slice(&buf);
     }
-    out.freeze()
+    Bytes::from(out)
+}
+
+/// `n` 125-byte elements (10-byte key, 100-byte value, not nullable), as in
+/// the Python load figures.
+pub fn kv_input(n: usize) -> Bytes {
+    synthetic_kv_elements(n, 10, 100, false)
 }
 
 /// Length of the first element of `buf`.
 pub fn element_len(buf: &[u8], format: &WireFormat) -> Result<usize, ElementError> {
-    decode_element(buf, format).map(|e| e.len)
+    scan_element(buf, format, None).map(|e| e.len)
 }
 
 /// Splits the first element of `buf` into its parts.
@@ -327,9 +331,36 @@ pub fn decode_element<'a>(
     buf: &'a [u8],
     format: &WireFormat,
 ) -> Result<DecodedElement<'a>, ElementError> {
+    let mut windows = Vec::new();
+    let scanned = scan_element(buf, format, Some(&mut windows))?;
+    Ok(DecodedElement {
+        timestamp_millis: scanned.timestamp_millis,
+        windows,
+        pane: scanned.pane,
+        key: scanned.key,
+        value: scanned.value,
+        len: scanned.len,
+    })
+}
+
+/// A [`DecodedElement`] without its windows.
+struct ScannedElement<'a> {
+    timestamp_millis: Option<i64>,
+    pane: &'a [u8],
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    len: usize,
+}
+
+/// Walks the first element of `buf`, pushing its windows onto `windows` if
+/// given (length-only callers pass `None` and allocate nothing).
+fn scan_element<'a>(
+    buf: &'a [u8],
+    format: &WireFormat,
+    mut windows: Option<&mut Vec<Window>>,
+) -> Result<ScannedElement<'a>, ElementError> {
     let mut r = Reader { buf, pos: 0 };
     let mut timestamp_millis = None;
-    let mut windows = Vec::new();
     let mut pane: &[u8] = &[];
     if !format.param {
         let ts = u64::from_be_bytes(r.array::<8>()?);
@@ -340,7 +371,7 @@ pub fn decode_element<'a>(
             return Err(ElementError::BadWindowCount { at, count });
         }
         for _ in 0..count {
-            windows.push(match format.window {
+            let window = match format.window {
                 WindowKind::Global => Window::Global,
                 WindowKind::Interval => {
                     let end = (u64::from_be_bytes(r.array::<8>()?) ^ (1 << 63)) as i64;
@@ -350,7 +381,10 @@ pub fn decode_element<'a>(
                         end_millis: end,
                     }
                 }
-            });
+            };
+            if let Some(windows) = windows.as_deref_mut() {
+                windows.push(window);
+            }
         }
         let pane_start = r.pos;
         let [first] = r.array::<1>()?;
@@ -374,9 +408,8 @@ pub fn decode_element<'a>(
     }
     let key = r.component(format.nullable)?;
     let value = r.component(format.nullable)?;
-    Ok(DecodedElement {
+    Ok(ScannedElement {
         timestamp_millis,
-        windows,
         pane,
         key,
         value,

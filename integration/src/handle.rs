@@ -57,7 +57,7 @@ impl WorkerHandle {
     }
 
     /// Time from sending `StartWorker` to the worker's control stream
-    /// connecting (zero for [`crate::TestRunner::wait_for_worker`]).
+    /// connecting.
     pub fn connect_latency(&self) -> Duration {
         self.connect_latency
     }
@@ -76,16 +76,7 @@ impl WorkerHandle {
             .unwrap_or_else(|| self.shared.next_id("bundle"));
         let (outputs_tx, mut outputs) = mpsc::unbounded_channel();
         let (response_tx, mut response_rx) = oneshot::channel();
-        if !self
-            .worker
-            .register(&instruction_id, response_tx, Some(outputs_tx))
-        {
-            return Err(RunnerError::DuplicateInstruction(instruction_id));
-        }
-        let _in_flight = InFlight {
-            worker: &self.worker,
-            instruction_id: &instruction_id,
-        };
+        let _in_flight = self.track(&instruction_id, response_tx, Some(outputs_tx))?;
         let request = InstructionRequest {
             instruction_id: instruction_id.clone(),
             request: Some(instruction_request::Request::ProcessBundle(
@@ -117,7 +108,7 @@ impl WorkerHandle {
             }
         }
 
-        let mut collector = Collector::new(&spec);
+        let mut collector = Collector::new(spec.sinks);
         let mut response: Option<InstructionResponse> = None;
         loop {
             if let Some(r) = &response
@@ -175,13 +166,7 @@ impl WorkerHandle {
         let timeout = self.shared.default_timeout;
         let deadline = Instant::now() + timeout;
         let (response_tx, response_rx) = oneshot::channel();
-        if !self.worker.register(&instruction_id, response_tx, None) {
-            return Err(RunnerError::DuplicateInstruction(instruction_id));
-        }
-        let _in_flight = InFlight {
-            worker: &self.worker,
-            instruction_id: &instruction_id,
-        };
+        let _in_flight = self.track(&instruction_id, response_tx, None)?;
         let request = InstructionRequest {
             instruction_id: instruction_id.clone(),
             request,
@@ -232,11 +217,6 @@ impl WorkerHandle {
     /// at job end. Returns whether a stream was open.
     pub fn close_control(&self) -> bool {
         self.worker.end_control(None)
-    }
-
-    /// Whether the control stream is open now.
-    pub fn control_open(&self) -> bool {
-        self.worker.control_state().is_open()
     }
 
     /// Resolves once the control stream has ended (either side ended it).
@@ -304,6 +284,25 @@ impl WorkerHandle {
     /// fetches each descriptor once).
     pub fn descriptor_fetches(&self) -> usize {
         self.worker.descriptor_fetches.load(Ordering::Relaxed)
+    }
+
+    /// Registers `instruction_id` with the worker state; the returned guard
+    /// forgets it again however the caller leaves.
+    fn track<'a>(
+        &'a self,
+        instruction_id: &'a str,
+        response: oneshot::Sender<InstructionResponse>,
+        outputs: Option<mpsc::UnboundedSender<Data>>,
+    ) -> Result<InFlight<'a>> {
+        if !self.worker.register(instruction_id, response, outputs) {
+            return Err(RunnerError::DuplicateInstruction(
+                instruction_id.to_string(),
+            ));
+        }
+        Ok(InFlight {
+            worker: &self.worker,
+            instruction_id,
+        })
     }
 
     async fn send_request(

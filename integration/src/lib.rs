@@ -10,9 +10,8 @@
 //! records logs and protocol violations.
 //!
 //! Built for load as well as tests: payloads stay `Bytes` end to end (input
-//! chunks are shared with the caller, never copied), nothing is done per
-//! element, and output can be counted instead of kept
-//! ([`BundleSpec::count_only`]).
+//! chunks are shared with the caller, never copied) and nothing is done per
+//! element.
 //!
 //! ```no_run
 //! # async fn demo(pool: std::net::SocketAddr) -> beam_integration::Result<()> {
@@ -35,12 +34,10 @@ mod handle;
 mod runner;
 mod state;
 
-pub use bundle::{
-    BundleInput, BundleResult, BundleSpec, DataOrder, OutputStream, find_monitoring_info, sum_int64,
-};
+pub use bundle::{BundleInput, BundleResult, BundleSpec, DataOrder, OutputStream};
 pub use descriptor::{
-    ENV_ID, EchoDescriptor, EchoDescriptorBuilder, ElementCoder, PortCoder, echo_descriptor,
-    pickled_python_pardo, remote_grpc_port, urns,
+    EchoDescriptor, EchoDescriptorBuilder, ElementCoder, PortCoder, echo_descriptor,
+    pickled_python_pardo, urns,
 };
 pub use elements::{
     Window, WindowKind, WireFormat, encode_kv_element, encode_kv_element_interval,

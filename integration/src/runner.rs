@@ -19,7 +19,6 @@ use beam_proto::fn_execution::{
     InstructionRequest, InstructionResponse, LogControl, ProcessBundleDescriptor, ProvisionInfo,
     StartWorkerRequest, StartWorkerResponse, StopWorkerRequest, StopWorkerResponse, log_entry,
 };
-use beam_proto::pipeline::ApiServiceDescriptor;
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use tokio::net::TcpListener;
@@ -33,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, RunnerError};
 use crate::handle::WorkerHandle;
-use crate::state::{CONTROL_QUEUE, Shared, StreamState, WorkerState, lock};
+use crate::state::{CONTROL_QUEUE, DataQueue, Outbound, Shared, StreamState, WorkerState, lock};
 
 /// Outbound messages buffered per Data stream between the queue and the
 /// transport; HTTP/2 flow control does the rest.
@@ -46,14 +45,10 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Settings for [`TestRunner::start_with`].
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
-    /// Address to bind; port 0 picks a free one.
-    pub bind: SocketAddr,
     /// Returned as `ProvisionInfo.pipeline_options`; see [`experiments_options`].
     pub pipeline_options: Option<Struct>,
     /// Default limit for every wait (worker start, bundles, instructions).
     pub timeout: Duration,
-    /// Log entries kept per worker; older ones are dropped but still counted.
-    pub log_capacity: usize,
     /// Most `Data` entries per runner-to-worker `Elements` message. 1 sends
     /// each chunk alone; larger values merge whatever is queued, across
     /// bundles, as the Python runner's sender does (it allows ~100), so the
@@ -64,10 +59,8 @@ pub struct RunnerOptions {
 impl Default for RunnerOptions {
     fn default() -> Self {
         RunnerOptions {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             pipeline_options: None,
             timeout: Duration::from_secs(60),
-            log_capacity: 10_000,
             coalesce_data: 1,
         }
     }
@@ -104,7 +97,6 @@ pub fn experiments_options(key: &str, experiments: &[&str]) -> Struct {
 /// the server.
 pub struct TestRunner {
     shared: Arc<Shared>,
-    addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
 }
@@ -116,14 +108,13 @@ impl TestRunner {
     }
 
     pub async fn start_with(options: RunnerOptions) -> Result<TestRunner> {
-        let listener = TcpListener::bind(options.bind)
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .map_err(RunnerError::Bind)?;
         let addr = listener.local_addr().map_err(RunnerError::Bind)?;
         let shared = Arc::new(Shared::new(
             addr.to_string(),
             options.timeout,
-            options.log_capacity,
             options.coalesce_data,
             options.pipeline_options,
         ));
@@ -167,7 +158,6 @@ impl TestRunner {
         ));
         Ok(TestRunner {
             shared,
-            addr,
             stop: Some(stop),
             server: Some(server),
         })
@@ -178,24 +168,9 @@ impl TestRunner {
         &self.shared.url
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Default timeout of every wait on this runner.
-    pub fn timeout(&self) -> Duration {
-        self.shared.default_timeout
-    }
-
     /// Makes `descriptor` available to `GetProcessBundleDescriptor` under its id.
     pub fn add_descriptor(&self, descriptor: ProcessBundleDescriptor) {
         lock(&self.shared.descriptors).insert(descriptor.id.clone(), descriptor);
-    }
-
-    /// Replaces what `GetProvisionInfo` returns as pipeline options (for
-    /// workers that ask from now on).
-    pub fn set_pipeline_options(&self, options: Option<Struct>) {
-        *lock(&self.shared.pipeline_options) = options;
     }
 
     /// Calls refused because they lacked `worker_id` metadata.
@@ -207,18 +182,12 @@ impl TestRunner {
     /// logging, artifact and provision endpoints all set to [`TestRunner::url`].
     /// Tests may alter it and pass it to [`TestRunner::start_worker_with`].
     pub fn start_worker_request(&self, worker_id: &str) -> StartWorkerRequest {
-        let endpoint = || {
-            Some(ApiServiceDescriptor {
-                url: self.shared.url.clone(),
-                authentication: None,
-            })
-        };
         StartWorkerRequest {
             worker_id: worker_id.to_string(),
-            control_endpoint: endpoint(),
-            logging_endpoint: endpoint(),
-            artifact_endpoint: endpoint(),
-            provision_endpoint: endpoint(),
+            control_endpoint: self.shared.endpoint(),
+            logging_endpoint: self.shared.endpoint(),
+            artifact_endpoint: self.shared.endpoint(),
+            provision_endpoint: self.shared.endpoint(),
             params: Default::default(),
         }
     }
@@ -251,14 +220,14 @@ impl TestRunner {
             .ok_or_else(|| RunnerError::WorkerIdInUse(worker_id.clone()))?;
         let mut client = pool_client(pool_addr, self.shared.default_timeout).await?;
         let started = Instant::now();
-        let response = timeout_at(deadline, client.start_worker(request))
-            .await
-            .map_err(|_| RunnerError::Timeout {
-                what: format!("the StartWorker response for '{worker_id}'"),
-                after: self.shared.default_timeout,
-            })?
-            .map_err(|status| RunnerError::rpc("StartWorker", status))?
-            .into_inner();
+        let response = pool_rpc(
+            "StartWorker",
+            || format!("the StartWorker response for '{worker_id}'"),
+            deadline,
+            self.shared.default_timeout,
+            client.start_worker(request),
+        )
+        .await?;
         if !response.error.is_empty() {
             return Err(RunnerError::StartWorkerRefused {
                 worker_id,
@@ -273,22 +242,6 @@ impl TestRunner {
         ))
     }
 
-    /// Waits for a control stream from `worker_id` started by someone else
-    /// (e.g. a pool started with another runner's endpoints).
-    pub async fn wait_for_worker(
-        &self,
-        worker_id: &str,
-        timeout: Duration,
-    ) -> Result<WorkerHandle> {
-        let worker = self.shared.worker(worker_id);
-        wait_for_control(&worker, Instant::now() + timeout, timeout).await?;
-        Ok(WorkerHandle::new(
-            self.shared.clone(),
-            worker,
-            Duration::ZERO,
-        ))
-    }
-
     /// The raw `StartWorker` call, returning the pool's answer as is (no waiting
     /// for a control stream): for requests that should be refused.
     pub async fn call_start_worker(
@@ -297,14 +250,14 @@ impl TestRunner {
         timeout: Duration,
     ) -> Result<StartWorkerResponse> {
         let mut client = pool_client(pool_addr, timeout).await?;
-        timeout_at(Instant::now() + timeout, client.start_worker(request))
-            .await
-            .map_err(|_| RunnerError::Timeout {
-                what: "the StartWorker response".into(),
-                after: timeout,
-            })?
-            .map(Response::into_inner)
-            .map_err(|status| RunnerError::rpc("StartWorker", status))
+        pool_rpc(
+            "StartWorker",
+            || "the StartWorker response".into(),
+            Instant::now() + timeout,
+            timeout,
+            client.start_worker(request),
+        )
+        .await
     }
 
     /// `StopWorker(worker_id)` on the pool, as the Java runner sends when an
@@ -318,14 +271,14 @@ impl TestRunner {
         let request = StopWorkerRequest {
             worker_id: worker_id.to_string(),
         };
-        timeout_at(Instant::now() + timeout, client.stop_worker(request))
-            .await
-            .map_err(|_| RunnerError::Timeout {
-                what: "the StopWorker response".into(),
-                after: timeout,
-            })?
-            .map(Response::into_inner)
-            .map_err(|status| RunnerError::rpc("StopWorker", status))
+        pool_rpc(
+            "StopWorker",
+            || "the StopWorker response".into(),
+            Instant::now() + timeout,
+            timeout,
+            client.stop_worker(request),
+        )
+        .await
     }
 
     /// Ends all control streams, stops the server and waits (up to the default
@@ -380,6 +333,25 @@ async fn pool_client(
     Ok(BeamFnExternalWorkerPoolClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+/// Awaits one pool RPC until `deadline`; `what` names the awaited response in
+/// the timeout error.
+async fn pool_rpc<T>(
+    rpc: &'static str,
+    what: impl FnOnce() -> String,
+    deadline: Instant,
+    timeout: Duration,
+    call: impl Future<Output = std::result::Result<Response<T>, Status>>,
+) -> Result<T> {
+    timeout_at(deadline, call)
+        .await
+        .map_err(|_| RunnerError::Timeout {
+            what: what(),
+            after: timeout,
+        })?
+        .map(Response::into_inner)
+        .map_err(|status| RunnerError::rpc(rpc, status))
 }
 
 /// Waits until `worker`'s control stream is open; returns when it connected.
@@ -557,33 +529,55 @@ impl BeamFnData for Services {
 }
 
 /// Moves queued runner-to-worker data onto one Data stream until the worker
-/// closes it, then puts the queue back for a later stream.
+/// closes it, then puts the queue back for a later stream. A message already
+/// taken from the queue when the stream ends goes back with it, so the next
+/// stream sends it first.
 async fn forward_data(
     worker: Arc<WorkerState>,
-    mut queue: mpsc::UnboundedReceiver<crate::state::Outbound>,
+    mut queue: DataQueue,
     stream: mpsc::Sender<std::result::Result<Elements, Status>>,
     mut inbound_done: oneshot::Receiver<()>,
     max_entries: usize,
 ) {
     let mut acks = Vec::new();
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut inbound_done => break,
-            next = queue.recv() => next,
+        let mut elements = match queue.unsent.take() {
+            Some((elements, unsent_acks)) => {
+                acks = unsent_acks;
+                elements
+            }
+            None => {
+                let next = tokio::select! {
+                    biased;
+                    _ = &mut inbound_done => break,
+                    next = queue.rx.recv() => next,
+                };
+                let Some(Outbound { elements, sent }) = next else {
+                    break;
+                };
+                acks.extend(sent);
+                elements
+            }
         };
-        let Some(crate::state::Outbound { mut elements, sent }) = next else {
-            break;
-        };
-        acks.extend(sent);
         // Like Python's sender: whatever else is already queued, from any
         // bundle, rides in the same message.
         while elements.data.len() < max_entries {
-            let Ok(more) = queue.try_recv() else { break };
+            let Ok(more) = queue.rx.try_recv() else { break };
             elements.data.extend(more.elements.data);
             acks.extend(more.sent);
         }
-        if let Some(first) = elements.data.first()
+        // Reserve room first: a dropped `send` future would lose the message.
+        let permit = tokio::select! {
+            biased;
+            _ = &mut inbound_done => None,
+            permit = stream.reserve() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            queue.unsent = Some((elements, std::mem::take(&mut acks)));
+            break;
+        };
+        if max_entries > 1
+            && let Some(first) = elements.data.first()
             && elements
                 .data
                 .iter()
@@ -591,11 +585,7 @@ async fn forward_data(
         {
             worker.mixed_messages.fetch_add(1, Ordering::Relaxed);
         }
-        tokio::select! {
-            biased;
-            _ = &mut inbound_done => break,
-            sent_ok = stream.send(Ok(elements)) => if sent_ok.is_err() { break },
-        }
+        permit.send(Ok(elements));
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
@@ -634,17 +624,11 @@ impl ProvisionService for Services {
     ) -> std::result::Result<Response<GetProvisionInfoResponse>, Status> {
         let worker = self.worker_for(&request, "GetProvisionInfo")?;
         worker.provision_calls.fetch_add(1, Ordering::Relaxed);
-        let endpoint = || {
-            Some(ApiServiceDescriptor {
-                url: self.shared.url.clone(),
-                authentication: None,
-            })
-        };
         let info = ProvisionInfo {
-            pipeline_options: lock(&self.shared.pipeline_options).clone(),
-            logging_endpoint: endpoint(),
-            artifact_endpoint: endpoint(),
-            control_endpoint: endpoint(),
+            pipeline_options: self.shared.pipeline_options.clone(),
+            logging_endpoint: self.shared.endpoint(),
+            artifact_endpoint: self.shared.endpoint(),
+            control_endpoint: self.shared.endpoint(),
             ..Default::default()
         };
         Ok(Response::new(GetProvisionInfoResponse { info: Some(info) }))

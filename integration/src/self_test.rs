@@ -16,7 +16,6 @@ use beam_proto::fn_execution::{
     RemoteGrpcPort, StartWorkerRequest, StartWorkerResponse, StopWorkerRequest, StopWorkerResponse,
     instruction_request, instruction_response,
 };
-use bytes::Bytes;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -192,10 +191,6 @@ async fn echo(
     }
 }
 
-fn input(n: usize) -> Bytes {
-    elements::synthetic_kv_elements(n, 10, 100, false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_round_trip_in_both_orders() {
     let pool = fake_pool().await;
@@ -204,7 +199,7 @@ async fn bundles_round_trip_in_both_orders() {
     runner.add_descriptor(echo.descriptor.clone());
     let worker = runner.start_worker(pool, "worker_0").await.unwrap();
     assert!(worker.connect_latency() > Duration::ZERO);
-    let all = input(1000);
+    let all = elements::kv_input(1000);
     let chunks = elements::chunk_elements(&all, &WireFormat::KV_BYTES_GLOBAL, 100).unwrap();
     for order in [
         DataOrder::DataFirst,
@@ -230,14 +225,14 @@ async fn bundles_round_trip_in_both_orders() {
     let mut running = Vec::new();
     for i in 0..8 {
         let worker = worker.clone();
-        let spec = echo.bundle([input(i + 1)]);
+        let spec = echo.bundle([elements::kv_input(i + 1)]);
         running.push(tokio::spawn(
             async move { worker.process_bundle(spec).await },
         ));
     }
     for (i, bundle) in running.into_iter().enumerate() {
         let result = bundle.await.unwrap().unwrap();
-        assert_eq!(result.output(&echo.sink_id), input(i + 1));
+        assert_eq!(result.output(&echo.sink_id), elements::kv_input(i + 1));
     }
     assert_eq!(worker.data_streams_opened(), 1);
     assert_eq!(worker.descriptor_fetches(), 12);
@@ -310,10 +305,10 @@ async fn refusals_and_missing_worker_id() {
         let echo = echo_descriptor("d", runner.url(), PortCoder::kv_bytes());
         runner.add_descriptor(echo.descriptor.clone());
         let result = worker
-            .process_bundle(echo.bundle([input(3)]))
+            .process_bundle(echo.bundle([elements::kv_input(3)]))
             .await
             .unwrap();
-        assert_eq!(result.output(&echo.sink_id), input(3));
+        assert_eq!(result.output(&echo.sink_id), elements::kv_input(3));
     }
     assert!(matches!(
         runner.start_worker(pool, "worker_0").await,
@@ -330,7 +325,7 @@ async fn timeouts_name_what_is_missing() {
     let worker = runner.start_worker(pool, "worker_0").await.unwrap();
     let err = worker
         .process_bundle(
-            echo.bundle([input(1)])
+            echo.bundle([elements::kv_input(1)])
                 .without_is_last()
                 .timeout(Duration::from_millis(300)),
         )

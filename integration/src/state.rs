@@ -11,6 +11,7 @@ use beam_proto::fn_execution::elements::Data;
 use beam_proto::fn_execution::{
     Elements, InstructionRequest, InstructionResponse, LogEntry, ProcessBundleDescriptor,
 };
+use beam_proto::pipeline::ApiServiceDescriptor;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -19,6 +20,9 @@ use tonic::Status;
 /// late response for them is not reported as a protocol violation. Python's
 /// data plane keeps the same number.
 const RECENT_IDS: usize = 10_000;
+
+/// Log entries kept per worker; older ones are dropped but still counted.
+const LOG_CAPACITY: usize = 10_000;
 
 /// Capacity of each control stream's outbound queue (requests not yet written).
 pub(crate) const CONTROL_QUEUE: usize = 1024;
@@ -48,20 +52,27 @@ pub(crate) struct Outbound {
     pub(crate) sent: Option<oneshot::Sender<()>>,
 }
 
+/// The runner-to-worker data queue, held by whichever Data stream carries it.
+pub(crate) struct DataQueue {
+    pub(crate) rx: mpsc::UnboundedReceiver<Outbound>,
+    /// A message already taken from `rx` (with the acks of everything merged
+    /// into it) whose Data stream ended before accepting it; the next stream
+    /// sends it first.
+    pub(crate) unsent: Option<(Elements, Vec<oneshot::Sender<()>>)>,
+}
+
 /// State of one runner, shared with its services.
 pub(crate) struct Shared {
     /// `host:port` every endpoint of this runner is served on.
     pub(crate) url: String,
     /// Default for every wait, so a broken worker fails a test instead of hanging it.
     pub(crate) default_timeout: Duration,
-    /// Log entries kept per worker (older ones are dropped, still counted).
-    pub(crate) log_capacity: usize,
     /// Most `Data` entries merged into one outbound `Elements` message.
     pub(crate) coalesce_data: usize,
     /// Served by `GetProcessBundleDescriptor`.
     pub(crate) descriptors: Mutex<HashMap<String, ProcessBundleDescriptor>>,
     /// Returned as `ProvisionInfo.pipeline_options` (where experiments live).
-    pub(crate) pipeline_options: Mutex<Option<prost_types::Struct>>,
+    pub(crate) pipeline_options: Option<prost_types::Struct>,
     /// Every worker id seen by this runner, current incarnation only.
     pub(crate) workers: Mutex<HashMap<String, Arc<WorkerState>>>,
     /// Calls refused for lacking `worker_id` metadata.
@@ -72,17 +83,15 @@ impl Shared {
     pub(crate) fn new(
         url: String,
         default_timeout: Duration,
-        log_capacity: usize,
         coalesce_data: usize,
         pipeline_options: Option<prost_types::Struct>,
     ) -> Self {
         Shared {
             url,
             default_timeout,
-            log_capacity,
             coalesce_data,
             descriptors: Mutex::default(),
-            pipeline_options: Mutex::new(pipeline_options),
+            pipeline_options,
             workers: Mutex::default(),
             rejected_calls: AtomicUsize::new(0),
         }
@@ -93,7 +102,7 @@ impl Shared {
     pub(crate) fn worker(&self, worker_id: &str) -> Arc<WorkerState> {
         lock(&self.workers)
             .entry(worker_id.to_string())
-            .or_insert_with(|| Arc::new(WorkerState::new(worker_id, self.log_capacity)))
+            .or_insert_with(|| Arc::new(WorkerState::new(worker_id)))
             .clone()
     }
 
@@ -106,9 +115,17 @@ impl Shared {
         {
             return None;
         }
-        let worker = Arc::new(WorkerState::new(worker_id, self.log_capacity));
+        let worker = Arc::new(WorkerState::new(worker_id));
         workers.insert(worker_id.to_string(), worker.clone());
         Some(worker)
+    }
+
+    /// This runner's address as an endpoint (every service is served on it).
+    pub(crate) fn endpoint(&self) -> Option<ApiServiceDescriptor> {
+        Some(ApiServiceDescriptor {
+            url: self.url.clone(),
+            authentication: None,
+        })
     }
 
     /// A fresh instruction id, unique in the process (not just this runner),
@@ -169,7 +186,7 @@ pub(crate) struct WorkerState {
     /// the caller, so a queued chunk costs a small struct, not a copy.
     data_tx: mpsc::UnboundedSender<Outbound>,
     /// The queue's receiving end while no Data stream holds it.
-    pub(crate) data_rx: Mutex<Option<mpsc::UnboundedReceiver<Outbound>>>,
+    pub(crate) data_rx: Mutex<Option<DataQueue>>,
     /// State of the Data stream that carries the queue.
     pub(crate) data: watch::Sender<StreamState>,
     /// Data streams this worker has opened, to catch one-stream-per-bundle harnesses.
@@ -187,11 +204,10 @@ pub(crate) struct WorkerState {
     pub(crate) descriptor_fetches: AtomicUsize,
     /// Outbound messages that carried entries of more than one bundle.
     pub(crate) mixed_messages: AtomicUsize,
-    log_capacity: usize,
 }
 
 impl WorkerState {
-    fn new(id: &str, log_capacity: usize) -> Self {
+    fn new(id: &str) -> Self {
         let (data_tx, data_rx) = mpsc::unbounded_channel();
         WorkerState {
             id: id.to_string(),
@@ -199,7 +215,10 @@ impl WorkerState {
             control: watch::Sender::new(StreamState::Waiting),
             pending: Mutex::default(),
             data_tx,
-            data_rx: Mutex::new(Some(data_rx)),
+            data_rx: Mutex::new(Some(DataQueue {
+                rx: data_rx,
+                unsent: None,
+            })),
             data: watch::Sender::new(StreamState::Waiting),
             data_streams: AtomicUsize::new(0),
             routes: Mutex::default(),
@@ -210,7 +229,6 @@ impl WorkerState {
             provision_calls: AtomicUsize::new(0),
             descriptor_fetches: AtomicUsize::new(0),
             mixed_messages: AtomicUsize::new(0),
-            log_capacity,
         }
     }
 
@@ -353,7 +371,7 @@ impl WorkerState {
         {
             let mut logs = lock(&self.logs);
             logs.extend(entries);
-            while logs.len() > self.log_capacity {
+            while logs.len() > LOG_CAPACITY {
                 logs.pop_front();
             }
         }

@@ -22,7 +22,9 @@ use beam_proto::fn_execution::{
 use beam_proto::pipeline::ApiServiceDescriptor;
 use beam_rust_worker::config::{HarnessConfig, PoolConfig};
 use bytes::Bytes;
-use common::{Pool, SOON, assert_clean, assert_whole_elements, kv_input, million, setup};
+use common::{
+    Pool, SOON, assert_clean, assert_whole_elements, kv_input, million, run_ok, setup, wait_for_log,
+};
 
 /// The worker batches log entries for 100 ms; this is ample.
 const LOG_WAIT: Duration = Duration::from_secs(10);
@@ -32,6 +34,16 @@ fn kv_echo(runner: &TestRunner, id: &str) -> EchoDescriptor {
     let echo = echo_descriptor(id, runner.url(), PortCoder::kv_bytes());
     runner.add_descriptor(echo.descriptor.clone());
     echo
+}
+
+/// Registers the "python-stage" descriptor: an echo stage with a pickled
+/// Python DoFn (`transform_id`) fused in, which this worker cannot run.
+fn python_stage(runner: &TestRunner, transform_id: &str) -> EchoDescriptor {
+    let python = EchoDescriptor::builder("python-stage", runner.url())
+        .extra_transform(transform_id, pickled_python_pardo("pc2", "pc3"))
+        .build();
+    runner.add_descriptor(python.descriptor.clone());
+    python
 }
 
 fn chunks_of(input: &Bytes, per_chunk: usize) -> Vec<Bytes> {
@@ -61,8 +73,7 @@ async fn python_order_data_before_request() {
         echo.bundle(chunks_of(&input, 30))
             .data_first_with_delay(Duration::from_millis(200)),
     ] {
-        let result = worker.process_bundle(spec).await.unwrap();
-        assert!(result.is_ok(), "{:?}", result.error());
+        let result = run_ok(&worker, spec).await;
         assert!(result.saw_is_last(&echo.sink_id));
         assert_eq!(result.output(&echo.sink_id), input);
         assert_eq!(result.element_count(&echo.input_pcollection), Some(100));
@@ -89,8 +100,7 @@ async fn flink_order_request_before_data() {
     // Java's aggregator puts the last chunk and is_last in one message.
     let java_framing = separate_is_last.clone().is_last_with_data();
     for spec in [separate_is_last, java_framing] {
-        let result = worker.process_bundle(spec).await.unwrap();
-        assert!(result.is_ok(), "{:?}", result.error());
+        let result = run_ok(&worker, spec).await;
         assert_eq!(result.output(&echo.sink_id), input);
         assert_eq!(result.element_count(&echo.input_pcollection), Some(100));
     }
@@ -102,11 +112,7 @@ async fn empty_bundle_sends_is_last_and_zero_counts() {
     let (_pool, runner, worker) = setup(PoolConfig::default()).await;
     let echo = kv_echo(&runner, "stage-1");
     for order in [DataOrder::DataFirst, DataOrder::RequestFirst] {
-        let result = worker
-            .process_bundle(echo.bundle([]).order(order))
-            .await
-            .unwrap();
-        assert!(result.is_ok(), "{:?}", result.error());
+        let result = run_ok(&worker, echo.bundle([]).order(order)).await;
         assert!(
             result.saw_is_last(&echo.sink_id),
             "is_last is owed even for no output"
@@ -130,11 +136,7 @@ async fn single_element_bundle() {
         Some(b"value"),
         false,
     ));
-    let result = worker
-        .process_bundle(echo.bundle([element.clone()]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle([element.clone()])).await;
     assert_eq!(result.output(&echo.sink_id), element);
     assert_eq!(result.element_count(&echo.output_pcollection), Some(1));
     assert_eq!(result.read_index(&echo.source_id), Some(0));
@@ -148,11 +150,11 @@ async fn million_elements_in_one_chunk() {
     let (_pool, runner, worker) = setup(PoolConfig::default()).await;
     let echo = kv_echo(&runner, "stage-1");
     let input = million();
-    let result = worker
-        .process_bundle(echo.bundle([input.clone()]).order(DataOrder::DataFirst))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(
+        &worker,
+        echo.bundle([input.clone()]).order(DataOrder::DataFirst),
+    )
+    .await;
     assert_eq!(
         result.element_count(&echo.input_pcollection),
         Some(1_000_000)
@@ -177,11 +179,7 @@ async fn million_elements_in_many_chunks() {
     let input = million();
     let chunks = chunks_of(&input, 1000);
     assert_eq!(chunks.len(), 1000);
-    let result = worker
-        .process_bundle(echo.bundle(chunks).order(DataOrder::RequestFirst))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle(chunks).order(DataOrder::RequestFirst)).await;
     assert_eq!(
         result.element_count(&echo.input_pcollection),
         Some(1_000_000)
@@ -286,11 +284,7 @@ async fn nullable_keys_and_values_pass_through() {
             true,
         ));
     }
-    let result = worker
-        .process_bundle(echo.bundle([Bytes::from(input.clone())]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle([Bytes::from(input.clone())])).await;
     assert_eq!(result.output(&echo.sink_id), input);
     let output = result.output(&echo.sink_id);
     let parsed = elements::decode_elements(&output, &WireFormat::KV_NULLABLE_GLOBAL).unwrap();
@@ -336,8 +330,7 @@ async fn recode_nullable_input_to_plain_bytes_output() {
     }
     let input = Bytes::from(input);
     let chunks = elements::chunk_elements(&input, &WireFormat::KV_NULLABLE_GLOBAL, 8).unwrap();
-    let result = worker.process_bundle(echo.bundle(chunks)).await.unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle(chunks)).await;
     assert_eq!(result.output(&echo.sink_id), expected);
     assert_eq!(result.element_count(&echo.output_pcollection), Some(50));
     assert_clean(&runner, &worker);
@@ -362,11 +355,7 @@ async fn recode_of_a_null_key_into_plain_bytes_fails_naming_the_null() {
     );
     // The worker survives it.
     let input = encode_kv_element(2, PANE_NO_FIRING, Some(b"k"), Some(b"v"), true);
-    let ok = worker
-        .process_bundle(echo.bundle([Bytes::from(input)]))
-        .await
-        .unwrap();
-    assert!(ok.is_ok(), "{:?}", ok.error());
+    let ok = run_ok(&worker, echo.bundle([Bytes::from(input)])).await;
     assert_eq!(
         ok.output(&echo.sink_id),
         encode_kv_element(2, PANE_NO_FIRING, Some(b"k"), Some(b"v"), false)
@@ -447,16 +436,11 @@ async fn interval_windows_and_length_prefix_pass_through() {
         ));
     }
     let result = interval.bundle([Bytes::from(windowed.clone())]);
-    let result = worker.process_bundle(result).await.unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, result).await;
     assert_eq!(result.output(&interval.sink_id), windowed);
 
     let input = kv_input(10);
-    let result = worker
-        .process_bundle(prefixed.bundle([input.clone()]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, prefixed.bundle([input.clone()])).await;
     assert_eq!(result.output(&prefixed.sink_id), input);
     assert_clean(&runner, &worker);
 }
@@ -466,13 +450,7 @@ async fn interval_windows_and_length_prefix_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_transform_fails_by_name_and_worker_goes_on() {
     let (_pool, runner, worker) = setup(PoolConfig::default()).await;
-    let python = EchoDescriptor::builder("python-stage", runner.url())
-        .extra_transform(
-            "ref_AppliedPTransform_Map_7",
-            pickled_python_pardo("pc2", "pc3"),
-        )
-        .build();
-    runner.add_descriptor(python.descriptor.clone());
+    let python = python_stage(&runner, "ref_AppliedPTransform_Map_7");
     let result = worker
         .process_bundle(python.bundle([kv_input(5)]))
         .await
@@ -498,11 +476,7 @@ async fn unsupported_transform_fails_by_name_and_worker_goes_on() {
 
     let echo = kv_echo(&runner, "good-stage");
     let input = kv_input(5);
-    let result = worker
-        .process_bundle(echo.bundle([input.clone()]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle([input.clone()])).await;
     assert_eq!(result.output(&echo.sink_id), input);
     assert_clean(&runner, &worker);
 }
@@ -538,11 +512,7 @@ async fn malformed_elements_fail_the_bundle_not_the_worker() {
             assert!(result.error().is_some(), "{what} was accepted");
         }
     }
-    let result = worker
-        .process_bundle(echo.bundle([good.clone()]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle([good.clone()])).await;
     assert_eq!(result.output(&echo.sink_id), good);
     assert_clean(&runner, &worker);
 }
@@ -586,11 +556,7 @@ async fn dropping_control_mid_bundle_releases_the_worker() {
 async fn closing_control_cleanly_releases_the_worker() {
     let (_pool, runner, worker) = setup(PoolConfig::default()).await;
     let echo = kv_echo(&runner, "stage-1");
-    let result = worker
-        .process_bundle(echo.bundle([kv_input(3)]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    run_ok(&worker, echo.bundle([kv_input(3)])).await;
     assert!(worker.close_control());
     tokio::time::timeout(SOON, worker.data_stream_closed())
         .await
@@ -831,11 +797,7 @@ async fn legacy_register_then_process() {
     assert_eq!(response.error, "");
     assert!(matches!(response.response, Some(Response::Register(_))));
     let input = kv_input(4);
-    let result = worker
-        .process_bundle(echo.bundle([input.clone()]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle([input.clone()])).await;
     assert_eq!(result.output(&echo.sink_id), input);
     assert_eq!(worker.descriptor_fetches(), 0);
     assert_clean(&runner, &worker);
@@ -851,11 +813,7 @@ async fn small_flush_size_chunks_output_on_element_boundaries() {
     .await;
     let echo = kv_echo(&runner, "stage-1");
     let input = kv_input(100);
-    let result = worker
-        .process_bundle(echo.bundle([input.clone()]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, echo.bundle([input.clone()])).await;
     let chunks = result.chunks(&echo.sink_id);
     assert!(
         chunks.len() >= 5,
@@ -887,11 +845,7 @@ async fn small_flush_size_chunks_output_on_element_boundaries() {
             false,
         ));
     }
-    let result = worker
-        .process_bundle(recode.bundle([Bytes::from(nullable)]))
-        .await
-        .unwrap();
-    assert!(result.is_ok(), "{:?}", result.error());
+    let result = run_ok(&worker, recode.bundle([Bytes::from(nullable)])).await;
     let chunks = result.chunks(&recode.sink_id);
     assert!(chunks.len() >= 5, "{} chunk(s)", chunks.len());
     assert_eq!(
@@ -926,11 +880,7 @@ async fn data_buffer_size_limit_experiment_from_provision() {
             .unwrap();
         let echo = kv_echo(&runner, "stage-1");
         let input = kv_input(100);
-        let result = worker
-            .process_bundle(echo.bundle([input.clone()]))
-            .await
-            .unwrap();
-        assert!(result.is_ok(), "{:?}", result.error());
+        let result = run_ok(&worker, echo.bundle([input.clone()])).await;
         assert!(
             worker.provision_calls() >= 1,
             "the worker never asked for provision info"
@@ -961,11 +911,7 @@ async fn pending_data_beyond_the_limit_fails_that_bundle() {
     let echo = kv_echo(&runner, "stage-1");
     // Opens the data stream, so the next bundle's data reaches the worker first.
     let small = kv_input(10);
-    let warmup = worker
-        .process_bundle(echo.bundle([small.clone()]))
-        .await
-        .unwrap();
-    assert!(warmup.is_ok(), "{:?}", warmup.error());
+    run_ok(&worker, echo.bundle([small.clone()])).await;
 
     let within = worker
         .process_bundle(
@@ -998,11 +944,7 @@ async fn pending_data_beyond_the_limit_fails_that_bundle() {
         "error does not mention the limit: {error}"
     );
 
-    let after = worker
-        .process_bundle(echo.bundle([small.clone()]))
-        .await
-        .unwrap();
-    assert!(after.is_ok(), "{:?}", after.error());
+    let after = run_ok(&worker, echo.bundle([small.clone()])).await;
     assert_eq!(after.output(&echo.sink_id), small);
 }
 
@@ -1012,32 +954,18 @@ async fn worker_logs_reach_the_runner() {
     let logs = worker.wait_for_logs(1, SOON).await.unwrap();
     assert!(logs.iter().all(|e| !e.message.is_empty()), "{logs:#?}");
     // A failed bundle is logged under its instruction id.
-    let python = EchoDescriptor::builder("python-stage", runner.url())
-        .extra_transform("py", pickled_python_pardo("pc2", "pc3"))
-        .build();
-    runner.add_descriptor(python.descriptor.clone());
+    let python = python_stage(&runner, "py");
     let failed = worker.process_bundle(python.bundle([])).await.unwrap();
     assert!(failed.error().is_some());
-    let tagged = tokio::time::timeout(LOG_WAIT, async {
-        loop {
-            let logs = worker.logs();
-            if let Some(entry) = logs
-                .iter()
-                .find(|e| e.instruction_id == failed.instruction_id)
-            {
-                return entry.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "no log entry for failed bundle {}: {:#?}",
-            failed.instruction_id,
-            worker.logs()
-        )
-    });
+    let tagged = wait_for_log(&worker, &failed.instruction_id, LOG_WAIT)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no log entry for failed bundle {}: {:#?}",
+                failed.instruction_id,
+                worker.logs()
+            )
+        });
     assert!(!tagged.message.is_empty());
     assert_clean(&runner, &worker);
 }
@@ -1068,24 +996,12 @@ async fn logs_stay_with_their_runner_when_two_pools_share_a_process() {
     worker.wait_for_logs(1, SOON).await.unwrap();
     // A neighbour pool whose first worker has the same pool-local number.
     let (_other_pool, _other_runner, _other_worker) = setup(PoolConfig::default()).await;
-    let python = EchoDescriptor::builder("python-stage", runner.url())
-        .extra_transform("py", pickled_python_pardo("pc2", "pc3"))
-        .build();
-    runner.add_descriptor(python.descriptor.clone());
+    let python = python_stage(&runner, "py");
     let failed = worker.process_bundle(python.bundle([])).await.unwrap();
     assert!(failed.error().is_some());
-    let found = tokio::time::timeout(LOG_WAIT, async {
-        while !worker
-            .logs()
-            .iter()
-            .any(|e| e.instruction_id == failed.instruction_id)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let found = wait_for_log(&worker, &failed.instruction_id, LOG_WAIT).await;
     assert!(
-        found.is_ok(),
+        found.is_some(),
         "the failed bundle's log entries never reached its runner (went to the other pool's \
          runner?); got: {:#?}",
         worker.logs()
@@ -1136,10 +1052,7 @@ async fn entries_of_many_bundles_in_one_message_are_demultiplexed() {
 async fn failing_bundles_do_not_disturb_concurrent_good_ones() {
     let (_pool, runner, worker) = setup(PoolConfig::default()).await;
     let echo = kv_echo(&runner, "stage-1");
-    let python = EchoDescriptor::builder("python-stage", runner.url())
-        .extra_transform("py", pickled_python_pardo("pc2", "pc3"))
-        .build();
-    runner.add_descriptor(python.descriptor.clone());
+    let python = python_stage(&runner, "py");
     let garbage = Bytes::from_static(&[0xff; 64]);
     let mut running = Vec::new();
     for i in 0..12usize {
@@ -1189,11 +1102,7 @@ async fn empty_data_entries_are_harmless() {
         chunks.push(Bytes::new());
     }
     for order in [DataOrder::DataFirst, DataOrder::RequestFirst] {
-        let result = worker
-            .process_bundle(echo.bundle(chunks.clone()).order(order))
-            .await
-            .unwrap();
-        assert!(result.is_ok(), "{:?}", result.error());
+        let result = run_ok(&worker, echo.bundle(chunks.clone()).order(order)).await;
         assert_eq!(result.output(&echo.sink_id), input);
         assert_eq!(result.element_count(&echo.input_pcollection), Some(30));
     }

@@ -7,7 +7,8 @@ use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use beam_integration::elements::{self, WireFormat};
-use beam_integration::{TestRunner, WorkerHandle};
+use beam_integration::{BundleResult, BundleSpec, TestRunner, WorkerHandle};
+use beam_proto::fn_execution::LogEntry;
 use beam_rust_worker::config::PoolConfig;
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -100,9 +101,36 @@ pub async fn setup(config: PoolConfig) -> (Pool, TestRunner, WorkerHandle) {
     (pool, runner, worker)
 }
 
-/// `n` 125-byte elements (10-byte key, 100-byte value), as in the Python load figures.
-pub fn kv_input(n: usize) -> Bytes {
-    elements::synthetic_kv_elements(n, 10, 100, false)
+pub use beam_integration::elements::kv_input;
+
+/// Runs `spec` on `worker` and checks the worker reported success.
+pub async fn run_ok(worker: &WorkerHandle, spec: BundleSpec) -> BundleResult {
+    let result = worker.process_bundle(spec).await.unwrap();
+    assert!(result.is_ok(), "{:?}", result.error());
+    result
+}
+
+/// Polls `worker`'s logs until an entry for `instruction_id` arrives; `None`
+/// if none did within `timeout`.
+pub async fn wait_for_log(
+    worker: &WorkerHandle,
+    instruction_id: &str,
+    timeout: Duration,
+) -> Option<LogEntry> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(entry) = worker
+                .logs()
+                .into_iter()
+                .find(|e| e.instruction_id == instruction_id)
+            {
+                return entry;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .ok()
 }
 
 /// The 1M-element input, built once per test binary.
