@@ -5,13 +5,13 @@
 //! batching (pieces gathered into one `Elements` message and serialized as
 //! tonic does). Run: `cargo bench -p beam-bench --bench data_path`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
+use beam_bench::workload::wire_coder;
+use beam_integration::PortCoder;
 use beam_integration::elements::synthetic_kv_elements;
-use beam_integration::{PortCoder, echo_descriptor};
-use beam_proto::fn_execution::{Elements, RemoteGrpcPort, elements::Data};
-use beam_rust_worker::coders::{ElementParts, WireCoder};
+use beam_proto::fn_execution::{Elements, elements::Data};
+use beam_rust_worker::coders::ElementParts;
 use beam_rust_worker::transforms::{recode, split_whole_elements};
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -19,15 +19,6 @@ use prost::Message;
 
 const CHUNK_ELEMENTS: usize = 8000; // 8000 × 125 B = 1 MB
 const FLUSH_BYTES: usize = 1_000_000;
-
-/// The wire coder of a descriptor's source port, resolved by the worker's own code.
-fn wire_coder(coder: PortCoder) -> WireCoder {
-    let d = echo_descriptor("bench", "127.0.0.1:1", coder);
-    let spec = d.descriptor.transforms[&d.source_id].spec.clone().unwrap();
-    let port = RemoteGrpcPort::decode(spec.payload).unwrap();
-    let coders: HashMap<_, _> = d.descriptor.coders.into_iter().collect();
-    WireCoder::resolve(&port.coder_id, &coders).unwrap()
-}
 
 fn chunk(nullable: bool) -> Bytes {
     synthetic_kv_elements(CHUNK_ELEMENTS, 10, 100, nullable)

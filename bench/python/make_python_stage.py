@@ -83,30 +83,21 @@ def build(nullable: bool) -> beam_fn_api_pb2.ProcessBundleDescriptor:
         )
     )
 
-    def port():
-        return beam_fn_api_pb2.RemoteGrpcPort(
+    def port_transform(transform_id, urn, **pcollections):
+        port = beam_fn_api_pb2.RemoteGrpcPort(
             api_service_descriptor=endpoints_pb2.ApiServiceDescriptor(url=PLACEHOLDER_URL),
             coder_id=WIRE_CODER_ID,
         ).SerializeToString()
+        pbd.transforms[transform_id].CopyFrom(
+            beam_runner_api_pb2.PTransform(
+                unique_name=transform_id,
+                spec=beam_runner_api_pb2.FunctionSpec(urn=urn, payload=port),
+                **pcollections,
+            )
+        )
 
-    pbd.transforms[SOURCE_ID].CopyFrom(
-        beam_runner_api_pb2.PTransform(
-            unique_name=SOURCE_ID,
-            spec=beam_runner_api_pb2.FunctionSpec(
-                urn="beam:runner:source:v1", payload=port()
-            ),
-            outputs={"out": in_pc},
-        )
-    )
-    pbd.transforms[SINK_ID].CopyFrom(
-        beam_runner_api_pb2.PTransform(
-            unique_name=SINK_ID,
-            spec=beam_runner_api_pb2.FunctionSpec(
-                urn="beam:runner:sink:v1", payload=port()
-            ),
-            inputs={"in": out_pc},
-        )
-    )
+    port_transform(SOURCE_ID, "beam:runner:source:v1", outputs={"out": in_pc})
+    port_transform(SINK_ID, "beam:runner:sink:v1", inputs={"in": out_pc})
     return pbd
 
 

@@ -29,6 +29,11 @@ SCENARIO_NOTES = {
 ORDER = list(SCENARIO_NOTES)
 
 
+def scenario_order(runs):
+    """The known scenarios in ORDER, then any others by name."""
+    return [s for s in ORDER if s in runs] + sorted(s for s in runs if s not in ORDER)
+
+
 def load(raw):
     runs, kafka = {}, {}
     for path in sorted(glob.glob(os.path.join(raw, "run-*.json"))):
@@ -120,7 +125,7 @@ def criterion(raw_dir):
 
 
 def render(runs, kafka, extra_targets, smoke, worker_bin, raw_dir):
-    scenarios = [s for s in ORDER if s in runs] + sorted(s for s in runs if s not in ORDER)
+    scenarios = scenario_order(runs)
     lines = ["# Benchmark results", ""]
     if smoke:
         lines += ["**Smoke run (tiny element counts): the figures mean nothing.**", ""]
@@ -243,7 +248,7 @@ def chart(runs, extra_targets, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [s for s in ORDER if s in runs] + sorted(s for s in runs if s not in ORDER)
+    scenarios = scenario_order(runs)
     targets = ["rust", "python", "ceiling"] + extra_targets
     colors = {"rust": "#d2691e", "python": "#3572a5", "ceiling": "#7f7f7f"}
     for t, c in zip(extra_targets, ["#e8b04a", "#6aa84f", "#a64d79", "#45818e"]):

@@ -28,6 +28,7 @@ use beam_proto::fn_execution::{
     elements::Data,
 };
 use beam_proto::pipeline::ApiServiceDescriptor;
+use beam_rust_worker::grpc::{WorkerChannel, worker_channel};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -38,12 +39,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Messages queued per direction; HTTP/2 flow control does the rest.
 const QUEUE: usize = 16;
-/// The same HTTP/2 windows as the runner stand-in (server side) and the worker
-/// (client side), so the ceiling is measured under the same flow control.
+/// The same HTTP/2 windows as the runner stand-in, so the ceiling is measured
+/// under the same flow control (the pool side dials with the worker's own
+/// [`beam_rust_worker::grpc::endpoint`] settings).
 const SERVER_STREAM_WINDOW: u32 = 8 << 20;
 const SERVER_CONNECTION_WINDOW: u32 = 16 << 20;
-const CLIENT_STREAM_WINDOW: u32 = 8 << 20;
-const CLIENT_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Transform id the lanes address their input to.
 const TRANSFORM: &str = "echo";
 /// Metadata key that pairs a dialed stream with its lane (as Beam's `worker_id`).
@@ -95,16 +95,14 @@ impl BeamFnExternalWorkerPool for EchoPool {
             .map(|e| e.url)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| Status::invalid_argument("StartWorker without a control endpoint"))?;
-        let endpoint = Endpoint::from_shared(format!("http://{url}"))
-            .map_err(|e| Status::invalid_argument(format!("bad endpoint {url}: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(Some(CLIENT_STREAM_WINDOW))
-            .initial_connection_window_size(Some(CLIENT_CONNECTION_WINDOW));
+        // Dialed as the worker dials its runner: same endpoint settings, and
+        // `worker_id` on every call.
         let lane = request.worker_id;
+        let channel = worker_channel(&url, &lane)
+            .map_err(|e| Status::invalid_argument(format!("bad endpoint {url}: {e}")))?;
         // Answer at once and dial in the background, as a worker pool does.
         tokio::spawn(async move {
-            if let Err(e) = echo_to(endpoint, &lane).await {
+            if let Err(e) = echo_on(channel).await {
                 eprintln!("grpc-echo: lane {lane}: {e}");
             }
         });
@@ -119,17 +117,17 @@ impl BeamFnExternalWorkerPool for EchoPool {
     }
 }
 
-/// Opens one data stream to `endpoint` and sends every message back until the
+/// Opens one data stream on `channel` and sends every message back until the
 /// runner ends it.
-async fn echo_to(endpoint: Endpoint, lane: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let channel = endpoint.connect().await?;
+async fn echo_on(channel: WorkerChannel) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = BeamFnDataClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(QUEUE);
-    let mut request = Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(LANE_HEADER, lane.parse()?);
-    let mut inbound = client.data(request).await?.into_inner();
+    let mut inbound = client
+        .data(Request::new(ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
     while let Some(message) = inbound.message().await? {
         if tx.send(message).await.is_err() {
             break;

@@ -21,9 +21,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::ceiling::{EchoError, EchoLane, EchoRunner};
-use crate::procfs::{self, ProcError};
+use crate::procfs::ProcError;
 use crate::python_stage::{self, StageError};
-use crate::report::{PoolUsage, RunReport};
+use crate::report::{RunReport, UsageStart};
 use crate::stats::Latencies;
 use crate::workload::{Workload, WorkloadError, WorkloadSpec, same_bytes};
 
@@ -33,8 +33,7 @@ const ERROR_SAMPLES: usize = 5;
 const WARMUP_ELEMENTS: u64 = 100;
 
 /// What the driver talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetKind {
     /// A worker pool running this project's `beam:transform:rust_worker:kv_echo:v1`.
     KvEcho,
@@ -234,6 +233,11 @@ impl Harness {
         self.lanes.len()
     }
 
+    /// [`Harness::connect`] in milliseconds, as the reports show it.
+    pub fn connect_ms(&self) -> Vec<f64> {
+        self.connect.iter().map(|d| d.as_secs_f64() * 1e3).collect()
+    }
+
     /// Runs one bundle on lane `lane`. `Err` only for transport failures and
     /// timeouts, after which the run should stop.
     pub async fn run_bundle(
@@ -251,7 +255,7 @@ impl Harness {
                     .sink(stage.sink_id.clone())
                     .order(stage.order)
                     .timeout(stage.timeout);
-                let result = worker.process_bundle(spec).await?;
+                let mut result = worker.process_bundle(spec).await?;
                 if let Some(error) = result.error() {
                     return Ok(BundleOutcome::Failed(format!(
                         "the worker failed the bundle: {error}"
@@ -263,9 +267,12 @@ impl Harness {
                         result.violations
                     )));
                 }
-                Ok(BundleOutcome::Output(
-                    result.chunks(&stage.sink_id).to_vec(),
-                ))
+                let chunks = result
+                    .outputs
+                    .remove(&stage.sink_id)
+                    .map(|o| o.chunks)
+                    .unwrap_or_default();
+                Ok(BundleOutcome::Output(chunks))
             }
         }
     }
@@ -296,25 +303,26 @@ pub struct RunConfig {
 }
 
 /// Per-bundle result, folded into the report.
-struct BundleStat {
-    latency: Duration,
-    elements: u64,
-    bytes: u64,
-    error: Option<String>,
+pub(crate) struct BundleStat {
+    pub(crate) latency: Duration,
+    pub(crate) elements: u64,
+    pub(crate) bytes: u64,
+    pub(crate) error: Option<String>,
 }
 
+/// Verified bundles and the first few errors of a run.
 #[derive(Default)]
-struct Totals {
-    latencies: Latencies,
-    elements: u64,
-    bundles: u64,
-    bytes: u64,
-    errors: u64,
-    samples: Vec<String>,
+pub(crate) struct Totals {
+    pub(crate) latencies: Latencies,
+    pub(crate) elements: u64,
+    pub(crate) bundles: u64,
+    pub(crate) bytes: u64,
+    pub(crate) errors: u64,
+    pub(crate) samples: Vec<String>,
 }
 
 impl Totals {
-    fn add(&mut self, stat: BundleStat) {
+    pub(crate) fn add(&mut self, stat: BundleStat) {
         match stat.error {
             None => {
                 self.latencies.record(stat.latency);
@@ -332,18 +340,22 @@ impl Totals {
     }
 }
 
-/// Compares a bundle's output with its input.
-fn check(expected: &Bytes, outcome: Result<BundleOutcome, DriverError>) -> Option<String> {
+/// Compares a bundle's output with its input: the output chunks if they are
+/// the same bytes, else why not.
+pub(crate) fn verify(
+    expected: &Bytes,
+    outcome: Result<BundleOutcome, DriverError>,
+) -> Result<Vec<Bytes>, String> {
     match outcome {
-        Ok(BundleOutcome::Output(chunks)) if same_bytes(expected, &chunks) => None,
-        Ok(BundleOutcome::Output(chunks)) => Some(format!(
+        Ok(BundleOutcome::Output(chunks)) if same_bytes(expected, &chunks) => Ok(chunks),
+        Ok(BundleOutcome::Output(chunks)) => Err(format!(
             "output differs from input: sent {} bytes, received {} bytes in {} chunks",
             expected.len(),
             chunks.iter().map(Bytes::len).sum::<usize>(),
             chunks.len()
         )),
-        Ok(BundleOutcome::Failed(why)) => Some(why),
-        Err(e) => Some(e.to_string()),
+        Ok(BundleOutcome::Failed(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -360,13 +372,12 @@ pub async fn run(config: RunConfig) -> Result<RunReport, DriverError> {
         .slice(..(first.elements.min(WARMUP_ELEMENTS) as usize * workload.element_len));
     for lane in 0..harness.lanes() {
         let outcome = harness.run_bundle(lane, std::slice::from_ref(&warm)).await;
-        if let Some(why) = check(&warm, outcome) {
+        if let Err(why) = verify(&warm, outcome) {
             return Err(DriverError::Warmup { lane, why });
         }
     }
 
-    let pool_before = config.pool_pid.map(procfs::sample_tree).transpose()?;
-    let driver_before = procfs::sample_self()?;
+    let usage = UsageStart::begin(config.pool_pid)?;
     let started = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
     let progress = config.progress_every.map(|every| {
@@ -425,7 +436,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, DriverError> {
             let outcome = harness.run_bundle(index as usize, &bundle.chunks).await;
             let latency = sent.elapsed();
             drop(permit);
-            let error = check(&bundle.data, outcome);
+            let error = verify(&bundle.data, outcome).err();
             if error.is_some() {
                 // A wrong or failed bundle invalidates the run: stop early.
                 stop.store(true, Ordering::Relaxed);
@@ -444,24 +455,11 @@ pub async fn run(config: RunConfig) -> Result<RunReport, DriverError> {
         totals.add(stat.expect("bundle tasks do not panic"));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let driver_after = procfs::sample_self()?;
-    let pool = match (config.pool_pid, pool_before) {
-        (Some(pid), Some(before)) => Some(PoolUsage::between(
-            pid,
-            &before,
-            &procfs::sample_tree(pid)?,
-            totals.elements,
-        )),
-        _ => None,
-    };
+    let (pool, driver_cpu_seconds) = usage.finish(totals.elements)?;
     if let Some(p) = progress {
         p.abort();
     }
-    let connect_ms = harness
-        .connect
-        .iter()
-        .map(|d| d.as_secs_f64() * 1e3)
-        .collect();
+    let connect_ms = harness.connect_ms();
     let lanes = harness.lanes();
     if let Ok(harness) = Arc::try_unwrap(harness) {
         harness.shutdown().await;
@@ -483,7 +481,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, DriverError> {
         bundle_latency: totals.latencies.summary(),
         connect_ms,
         pool_usage: pool,
-        driver_cpu_seconds: driver_after.cpu_seconds - driver_before.cpu_seconds,
+        driver_cpu_seconds,
         truncated,
         errors: totals.errors,
         error_samples: totals.samples,

@@ -11,22 +11,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use beam_integration::WireFormat;
-use beam_integration::elements::{PANE_NO_FIRING, Window, decode_element, put_kv_element};
+use beam_integration::elements::{PANE_NO_FIRING, Window, put_kv_element};
+use beam_integration::{PortCoder, WireFormat};
+use beam_rust_worker::coders::WireCoder;
+use beam_rust_worker::kafka::{KafkaError as WriteError, Writer};
 use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::{Mutex, Semaphore};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::driver::{BundleOutcome, DriverError, Harness, TargetConfig};
-use crate::procfs::{self, ProcError};
-use crate::report::PoolUsage;
-use crate::stats::{Latencies, LatencySummary};
-use crate::workload::same_bytes;
+use crate::driver::{BundleStat, DriverError, Harness, TargetConfig, Totals, verify};
+use crate::procfs::ProcError;
+use crate::report::{PoolUsage, UsageStart, verdict};
+use crate::stats::LatencySummary;
+use crate::workload::wire_coder;
+
+/// KafkaIO's element encoding on the data ports.
+const FORMAT: WireFormat = WireFormat::KV_NULLABLE_GLOBAL;
 
 /// What to bridge.
 #[derive(Debug, Clone)]
@@ -106,18 +111,12 @@ impl std::fmt::Display for KafkaReport {
                 p.cpu_seconds, p.cpu_seconds_per_million, p.peak_rss_mb
             )?;
         }
-        if self.errors == 0 {
-            write!(
-                f,
-                "  verified    every bundle's output bytes equal its input"
-            )
-        } else {
-            write!(
-                f,
-                "  ERRORS      {} bundle(s): {:?}",
-                self.errors, self.error_samples
-            )
-        }
+        verdict(
+            f,
+            self.errors,
+            &self.error_samples,
+            "every bundle's output bytes equal its input",
+        )
     }
 }
 
@@ -132,86 +131,46 @@ struct Shared {
     harness: Harness,
     producer: FutureProducer,
     output_topic: String,
-    format: WireFormat,
-    stats: Mutex<(Latencies, u64, Vec<String>)>,
+    /// Decodes the worker's output elements for the producer.
+    wire: WireCoder,
 }
 
 impl Shared {
-    async fn error(&self, e: String) {
-        let mut s = self.stats.lock().await;
-        s.1 += 1;
-        if s.2.len() < 5 {
-            s.2.push(e);
-        }
-    }
-
-    /// Sends one bundle through the worker and produces its output.
-    async fn bundle(&self, lane: usize, input: Bytes) {
+    /// Sends one bundle of `records` records through the worker and produces
+    /// its output.
+    async fn bundle(&self, lane: usize, input: Bytes, records: u64) -> BundleStat {
         let sent = Instant::now();
         let outcome = self
             .harness
             .run_bundle(lane, std::slice::from_ref(&input))
             .await;
         let latency = sent.elapsed();
-        let chunks = match outcome {
-            Ok(BundleOutcome::Output(chunks)) if same_bytes(&input, &chunks) => chunks,
-            Ok(BundleOutcome::Output(_)) => {
-                return self.error("output differs from input".into()).await;
-            }
-            Ok(BundleOutcome::Failed(e)) => return self.error(e).await,
-            Err(e) => return self.error(e.to_string()).await,
+        let error = match verify(&input, outcome) {
+            Ok(chunks) => self.produce(&chunks).await.err().map(|e| e.to_string()),
+            Err(why) => Some(why),
         };
-        let mut deliveries = Vec::new();
-        for chunk in &chunks {
-            let mut pos = 0;
-            while pos < chunk.len() {
-                let element = match decode_element(&chunk[pos..], &self.format) {
-                    Ok(e) => e,
-                    Err(e) => return self.error(format!("undecodable output: {e}")).await,
-                };
-                pos += element.len;
-                let mut record = FutureRecord::<[u8], [u8]>::to(&self.output_topic);
-                if let Some(k) = element.key {
-                    record = record.key(k);
-                }
-                if let Some(v) = element.value {
-                    record = record.payload(v);
-                }
-                loop {
-                    match self.producer.send_result(record) {
-                        Ok(delivery) => {
-                            deliveries.push(delivery);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            record = r;
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        Err((e, _)) => return self.error(format!("produce: {e}")).await,
-                    }
-                }
-            }
+        BundleStat {
+            latency,
+            elements: records,
+            bytes: input.len() as u64,
+            error,
         }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return self.error(format!("delivery: {e}")).await,
-                Err(_) => return self.error("delivery cancelled".into()).await,
-            }
+    }
+
+    /// Produces every output element and waits for the acknowledgements.
+    async fn produce(&self, chunks: &[Bytes]) -> Result<u64, WriteError> {
+        let mut writer = Writer::new(self.producer.clone(), &self.output_topic);
+        for chunk in chunks {
+            writer.write_chunk(&self.wire, chunk).await?;
         }
-        self.stats.lock().await.0.record(latency);
+        writer.finish().await
     }
 }
 
 /// Bridges `config.records` records through the worker.
 pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
     let harness = Harness::start(&config.target).await?;
-    let connect_ms = harness
-        .connect
-        .iter()
-        .map(|d| d.as_secs_f64() * 1e3)
-        .collect();
-    let lanes = harness.lanes();
+    let connect_ms = harness.connect_ms();
     let group = format!("fnapi-loadgen-{}", std::process::id());
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
@@ -232,31 +191,30 @@ pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
         harness,
         producer,
         output_topic: config.output_topic.clone(),
-        format: WireFormat::KV_NULLABLE_GLOBAL,
-        stats: Mutex::new(Default::default()),
+        wire: wire_coder(PortCoder::kv_nullable_bytes()),
     });
 
     let subscribed = Instant::now();
     let mut first_record: Option<Instant> = None;
-    let mut pool_before = None;
-    let mut driver_before = None;
+    let mut usage: Option<UsageStart> = None;
     let permits = Arc::new(Semaphore::new(config.in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut consumed = 0u64;
     let mut bundles = 0u64;
     let mut filling: Option<Filling> = None;
-    let format = WireFormat::KV_NULLABLE_GLOBAL;
+    let mut totals = Totals::default();
     while consumed < config.records {
         let deadline = filling
             .as_ref()
             .map(|f| tokio::time::Instant::from_std(f.opened + config.bundle_time));
         let close = tokio::select! {
+            // A ready record first: the timers are polled only while none is.
+            biased;
             message = consumer.recv() => {
                 let message = message?;
                 if first_record.is_none() {
                     first_record = Some(Instant::now());
-                    pool_before = config.pool_pid.map(procfs::sample_tree).transpose()?;
-                    driver_before = Some(procfs::sample_self()?);
+                    usage = Some(UsageStart::begin(config.pool_pid)?);
                 }
                 let f = filling.get_or_insert_with(|| Filling {
                     buf: Vec::with_capacity(config.bundle_records * 64),
@@ -271,7 +229,7 @@ pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
                     PANE_NO_FIRING,
                     message.key(),
                     message.payload(),
-                    format.nullable,
+                    FORMAT.nullable,
                 );
                 f.records += 1;
                 consumed += 1;
@@ -288,30 +246,29 @@ pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
+            while let Some(stat) = tasks.try_join_next() {
+                totals.add(stat.expect("bundle tasks do not panic"));
+            }
             let shared = shared.clone();
-            let lane = (bundles % lanes as u64) as usize;
+            let lane = bundles as usize;
             bundles += 1;
             tasks.spawn(async move {
-                shared.bundle(lane, Bytes::from(f.buf)).await;
+                let stat = shared.bundle(lane, Bytes::from(f.buf), f.records).await;
                 drop(permit);
+                stat
             });
         }
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(stat) = tasks.join_next().await {
+        totals.add(stat.expect("bundle tasks do not panic"));
+    }
     let started = first_record.unwrap_or(subscribed);
     let seconds = started.elapsed().as_secs_f64();
-    let pool_usage = match (config.pool_pid, pool_before) {
-        (Some(pid), Some(before)) => Some(PoolUsage::between(
-            pid,
-            &before,
-            &procfs::sample_tree(pid)?,
-            consumed,
-        )),
-        _ => None,
+    let (pool_usage, driver_cpu_seconds) = match usage {
+        Some(usage) => usage.finish(consumed)?,
+        // Nothing was consumed (no records asked for): nothing was measured.
+        None => (None, 0.0),
     };
-    let driver_cpu_seconds =
-        procfs::sample_self()?.cpu_seconds - driver_before.map_or(0.0, |d| d.cpu_seconds);
-    let (latencies, errors, error_samples) = std::mem::take(&mut *shared.stats.lock().await);
     if let Ok(shared) = Arc::try_unwrap(shared) {
         shared.harness.shutdown().await;
     }
@@ -322,11 +279,11 @@ pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
         seconds,
         records_per_sec: consumed as f64 / seconds,
         join_seconds: (started - subscribed).as_secs_f64(),
-        bundle_latency: latencies.summary(),
+        bundle_latency: totals.latencies.summary(),
         connect_ms,
         pool_usage,
         driver_cpu_seconds,
-        errors,
-        error_samples,
+        errors: totals.errors,
+        error_samples: totals.samples,
     })
 }

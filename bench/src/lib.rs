@@ -10,8 +10,7 @@
 //! * [`workload`] builds the elements and cuts them into bundles and chunks.
 //! * [`python_stage`] loads the descriptor `bench/python/make_python_stage.py`
 //!   writes for Beam's Python worker (a pickled `Map(identity)`).
-//! * `kafka` (feature `kafka`) bridges Kafka topics through a worker like
-//!   Flink and KafkaIO do.
+//! * [`kafka`] bridges Kafka topics through a worker like Flink and KafkaIO do.
 
 pub mod ceiling;
 pub mod driver;

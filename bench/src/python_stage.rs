@@ -4,12 +4,10 @@
 
 use std::path::Path;
 
+use beam_integration::urns;
 use beam_proto::fn_execution::{ProcessBundleDescriptor, RemoteGrpcPort};
 use beam_proto::pipeline::ApiServiceDescriptor;
 use prost::Message;
-
-const SOURCE_URN: &str = "beam:runner:source:v1";
-const SINK_URN: &str = "beam:runner:sink:v1";
 
 /// A descriptor file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +76,8 @@ pub fn load(path: &Path, id: &str, data_url: &str) -> Result<Stage, StageError> 
             }),
         }
     };
-    let source_id = ids(SOURCE_URN)?;
-    let sink_id = ids(SINK_URN)?;
+    let source_id = ids(urns::SOURCE)?;
+    let sink_id = ids(urns::SINK)?;
     for id in [&source_id, &sink_id] {
         let spec = descriptor
             .transforms

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::procfs::ProcSample;
+use crate::procfs::{self, ProcError, ProcSample};
 use crate::stats::LatencySummary;
 use crate::workload::WorkloadSpec;
 
@@ -80,6 +80,57 @@ impl PoolUsage {
     }
 }
 
+/// Readings at the start of a measured phase: the pool tree (`--pool-pid`) and
+/// the driver's own CPU time.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageStart {
+    pool: Option<(u32, ProcSample)>,
+    driver_cpu_seconds: f64,
+}
+
+impl UsageStart {
+    pub fn begin(pool_pid: Option<u32>) -> Result<Self, ProcError> {
+        let pool = match pool_pid {
+            Some(pid) => Some((pid, procfs::sample_tree(pid)?)),
+            None => None,
+        };
+        Ok(UsageStart {
+            pool,
+            driver_cpu_seconds: procfs::self_cpu_seconds()?,
+        })
+    }
+
+    /// Ends the phase: the pool's usage over it (per `elements`) and the
+    /// driver's CPU seconds.
+    pub fn finish(self, elements: u64) -> Result<(Option<PoolUsage>, f64), ProcError> {
+        let driver = procfs::self_cpu_seconds()? - self.driver_cpu_seconds;
+        let pool = match self.pool {
+            Some((pid, before)) => Some(PoolUsage::between(
+                pid,
+                &before,
+                &procfs::sample_tree(pid)?,
+                elements,
+            )),
+            None => None,
+        };
+        Ok((pool, driver))
+    }
+}
+
+/// The last line of a summary: verified, or the errors.
+pub(crate) fn verdict(
+    f: &mut fmt::Formatter<'_>,
+    errors: u64,
+    samples: &[String],
+    verified: impl fmt::Display,
+) -> fmt::Result {
+    if errors == 0 {
+        write!(f, "  verified    {verified}")
+    } else {
+        write!(f, "  ERRORS      {errors} bundle(s): {samples:?}")
+    }
+}
+
 impl RunReport {
     pub fn ok(&self) -> bool {
         self.errors == 0
@@ -128,14 +179,11 @@ impl fmt::Display for RunReport {
             )?;
         }
         writeln!(f, "  driver      {:.2} CPU s", self.driver_cpu_seconds)?;
-        if self.errors == 0 {
-            write!(f, "  verified    all {} bytes identical", self.bytes)
-        } else {
-            write!(
-                f,
-                "  ERRORS      {} bundle(s): {:?}",
-                self.errors, self.error_samples
-            )
-        }
+        verdict(
+            f,
+            self.errors,
+            &self.error_samples,
+            format_args!("all {} bytes identical", self.bytes),
+        )
     }
 }

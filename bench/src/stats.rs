@@ -25,18 +25,6 @@ impl Latencies {
             .push(d.as_nanos().min(u128::from(u64::MAX)) as u64);
     }
 
-    pub fn extend(&mut self, other: Latencies) {
-        self.nanos.extend(other.nanos);
-    }
-
-    pub fn len(&self) -> usize {
-        self.nanos.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nanos.is_empty()
-    }
-
     /// Nearest-rank percentiles.
     pub fn summary(&self) -> LatencySummary {
         if self.nanos.is_empty() {

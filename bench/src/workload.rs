@@ -6,9 +6,14 @@
 //! bytes). At most [`WorkloadSpec::max_generated_bytes`] are generated; longer
 //! runs cycle over them, so memory stays bounded whatever the element count.
 
-use beam_integration::WireFormat;
+use std::collections::HashMap;
+
 use beam_integration::elements::{chunk_elements, synthetic_kv_elements};
+use beam_integration::{PortCoder, WireFormat, echo_descriptor};
+use beam_proto::fn_execution::RemoteGrpcPort;
+use beam_rust_worker::coders::WireCoder;
 use bytes::Bytes;
+use prost::Message;
 
 /// What to send.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -135,6 +140,19 @@ impl Workload {
     pub fn total_bytes(&self) -> u64 {
         self.spec.elements * self.element_len as u64
     }
+}
+
+/// The worker's wire coder for data ports carrying `coder`, resolved by the
+/// worker's own code from a descriptor's source port.
+pub fn wire_coder(coder: PortCoder) -> WireCoder {
+    let d = echo_descriptor("bench", "127.0.0.1:1", coder);
+    let spec = d.descriptor.transforms[&d.source_id]
+        .spec
+        .clone()
+        .expect("the echo descriptor's source has a spec");
+    let port = RemoteGrpcPort::decode(spec.payload).expect("the stand-in writes a RemoteGrpcPort");
+    let coders: HashMap<_, _> = d.descriptor.coders.into_iter().collect();
+    WireCoder::resolve(&port.coder_id, &coders).expect("the worker resolves the stand-in's coders")
 }
 
 /// Zero-copy chunks of `per_chunk` fixed-size elements.
