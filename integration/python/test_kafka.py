@@ -1,10 +1,15 @@
 """Kafka -> KvEcho -> Kafka pipelines whose three steps run natively, fused, in
-the Rust worker pool, against a real Kafka-protocol broker (tansu, memory
-storage, loopback) and real Kafka clients (kcat, confluent-kafka).
+the Rust worker pool, against Apache Kafka (single-node KRaft on loopback) and
+real Kafka clients (kcat, confluent-kafka).
 
-Each pipeline runs on Beam's embedded portable runner with LOOPBACK Python
-workers; the read, the echo and the write are expanded by the pool's expansion
-service. Every test gets topics of its own on the module's broker.
+Each pipeline runs on the runners of the matrix (conftest.py): Beam's embedded
+Python runner, Prism, and Flink's job server in batch and streaming mode. The
+read, the echo and the write are expanded by the pool's expansion service.
+Every test gets topics of its own on the module's broker.
+
+Flink in batch mode cannot finalize bundles (apache/beam#19526): a read that
+commits offsets on finalization fails the job there, so commit tests run on
+Flink in streaming mode (with checkpoints, as Kafka pipelines run on Flink).
 """
 
 import importlib.util
@@ -23,31 +28,38 @@ from beam_rust_worker import KvEcho
 from beam_rust_worker.kafka import KAFKA_READ_URN as KAFKA_READ
 from beam_rust_worker.kafka import KAFKA_WRITE_URN as KAFKA_WRITE
 from beam_rust_worker.kafka import ReadFromKafka, WriteToKafka
-from conftest import REPO, free_port, portable
+from conftest import REPO, free_port
 
 STAGE_PLANNED = re.compile(r"stage planned .*transforms=(\S+)")
 
 
-def run_echo(worker, bootstrap, source, sink, group=None, producer=None,
+def run_echo(runner, worker, bootstrap, source, sink, group=None, producer=None,
              write_bootstrap=None, **read_args):
-    """ReadFromKafka(source) -> KvEcho -> WriteToKafka(sink), run to the end.
-    With a `group`, offsets are committed when the runner finalizes the bundle."""
+    """ReadFromKafka(source) -> KvEcho -> WriteToKafka(sink), run to the end on
+    `runner`. With a `group`, offsets are committed when the runner finalizes
+    the bundle."""
+    with beam.Pipeline(options=runner.options()) as p:
+        echo_pipeline(p, worker, bootstrap, source, sink, group, producer, write_bootstrap,
+                      **read_args)
+
+
+def echo_pipeline(p, worker, bootstrap, source, sink, group=None, producer=None,
+                  write_bootstrap=None, **read_args):
     consumer = {"bootstrap.servers": bootstrap, "auto.offset.reset": "earliest"}
     if group:
         consumer["group.id"] = group
-    with beam.Pipeline(options=portable()) as p:
-        _ = (
-            p
-            | ReadFromKafka(consumer_config=consumer, topics=[source],
-                            commit_offset_in_finalize=bool(group),
-                            expansion_service=worker.expansion_address, **read_args)
-            | KvEcho(expansion_service=worker.expansion_address)
-            | WriteToKafka(
-                producer_config={"bootstrap.servers": write_bootstrap or bootstrap,
-                                 **(producer or {})},
-                topic=sink,
-                expansion_service=worker.expansion_address)
-        )
+    _ = (
+        p
+        | ReadFromKafka(consumer_config=consumer, topics=[source],
+                        commit_offset_in_finalize=bool(group),
+                        expansion_service=worker.expansion_address, **read_args)
+        | KvEcho(expansion_service=worker.expansion_address)
+        | WriteToKafka(
+            producer_config={"bootstrap.servers": write_bootstrap or bootstrap,
+                             **(producer or {})},
+            topic=sink,
+            expansion_service=worker.expansion_address)
+    )
 
 
 def _read_once(bootstrap, topic):
@@ -130,6 +142,11 @@ def assert_same_records(got, expected):
                     f"{list((e - g))[:3]}, first unexpected: {list((g - e))[:3]}")
 
 
+def stage_runs(transform_urns):
+    """The stage's own transforms, in order, without the runner's ports."""
+    return [u for u in transform_urns if not u.startswith("beam:runner:")]
+
+
 def planned_stages(log):
     return [m.group(1).split(",") for m in STAGE_PLANNED.finditer(log)]
 
@@ -157,8 +174,9 @@ def kafka_echo_example():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.runners("embedded", "prism", "flink", "flink-streaming")
 def test_100k_records_round_trip_with_kcat(rust_worker, kafka_broker, worker_log, capsys,
-                                           tmp_path):
+                                           tmp_path, runner):
     """examples/kafka_echo.py over 100,000 keyed records: kcat produces them,
     kcat reads the output back, compared record by record."""
     n = 100_000
@@ -173,6 +191,8 @@ def test_100k_records_round_trip_with_kcat(rust_worker, kafka_broker, worker_log
         "--input_topic", source, "--output_topic", sink,
         "--group_id", f"rt-{uuid.uuid4().hex[:8]}",
         "--expansion_service", rust_worker.expansion_address,
+        *(["--no_commit"] if runner.name == "flink" else []),
+        *runner.args(),
     ])
     seconds = time.monotonic() - start
 
@@ -186,26 +206,28 @@ def test_100k_records_round_trip_with_kcat(rust_worker, kafka_broker, worker_log
 
     stage = stage_seconds(worker_log())
     with capsys.disabled():
-        print(f"\n    kafka round trip: {n} records in {seconds:.2f} s = {n / seconds:,.0f} "
+        print(f"\n    kafka round trip on {runner}: {n} records in {seconds:.2f} s = {n / seconds:,.0f} "
               f"records/s (pipeline run incl. Beam job start-up)"
               + (f"; the fused stage took {stage:.2f} s in the pool = "
                  f"{n / stage:,.0f} records/s" if stage else ""))
 
 
-def test_read_echo_write_is_one_fused_stage(rust_worker, kafka_broker, worker_log):
+@pytest.mark.runners("embedded", "prism", "flink", "flink-streaming")
+def test_read_echo_write_is_one_fused_stage(rust_worker, kafka_broker, worker_log, runner):
     source, sink = kafka_broker.topic("fuse-in"), kafka_broker.topic("fuse-out")
     records = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(200)]
     produce(kafka_broker.address, source, records)
 
-    run_echo(rust_worker, kafka_broker.address, source, sink)
+    run_echo(runner, rust_worker, kafka_broker.address, source, sink)
 
     stages = planned_stages(worker_log())
     assert len(stages) == 1, f"expected one stage in the pool, got {stages}:\n{worker_log()}"
-    assert {KAFKA_READ, KV_ECHO, KAFKA_WRITE} <= set(stages[0]), stages[0]
+    assert sorted(stage_runs(stages[0])) == sorted([KAFKA_READ, KV_ECHO, KAFKA_WRITE]), stages[0]
     assert_same_records(read_topic(kafka_broker.address, sink, len(records)), records)
 
 
-def test_null_keys_and_binary_values_come_back_identical(rust_worker, kafka_broker):
+@pytest.mark.runners("embedded", "prism", "flink", "flink-streaming")
+def test_null_keys_and_binary_values_come_back_identical(rust_worker, kafka_broker, runner):
     source, sink = kafka_broker.topic("bin-in"), kafka_broker.topic("bin-out")
     every_byte = bytes(range(256))
     records = [
@@ -228,12 +250,13 @@ def test_null_keys_and_binary_values_come_back_identical(rust_worker, kafka_brok
     produce(kafka_broker.address, source, records)
     assert_same_records(read_topic(kafka_broker.address, source, len(records)), records)
 
-    run_echo(rust_worker, kafka_broker.address, source, sink)
+    run_echo(runner, rust_worker, kafka_broker.address, source, sink)
 
     assert_same_records(read_topic(kafka_broker.address, sink, len(records)), records)
 
 
-def test_second_run_with_the_same_group_reads_only_new_records(rust_worker, kafka_broker):
+@pytest.mark.runners("embedded", "prism", "flink-streaming")
+def test_second_run_with_the_same_group_reads_only_new_records(rust_worker, kafka_broker, runner):
     """Offsets are committed when the runner finalizes the bundle: a re-run
     with the same consumer group starts where the previous one ended."""
     bootstrap = kafka_broker.address
@@ -243,31 +266,33 @@ def test_second_run_with_the_same_group_reads_only_new_records(rust_worker, kafk
     second = [(b"second-%d" % i, b"b" * (i % 50)) for i in range(1500)]
 
     produce(bootstrap, source, first)
-    run_echo(rust_worker, bootstrap, source, sink, group=group)
+    run_echo(runner, rust_worker, bootstrap, source, sink, group=group)
     assert_same_records(read_topic(bootstrap, sink, len(first)), first)
     assert sum(committed(bootstrap, source, group).values()) == len(first)
 
     produce(bootstrap, source, second)
-    run_echo(rust_worker, bootstrap, source, sink, group=group)
+    run_echo(runner, rust_worker, bootstrap, source, sink, group=group)
     assert_same_records(read_topic(bootstrap, sink, len(first) + len(second)), first + second)
     assert sum(committed(bootstrap, source, group).values()) == len(first) + len(second)
 
     # Nothing new: the read ends at once and writes nothing.
-    run_echo(rust_worker, bootstrap, source, sink, group=group)
+    run_echo(runner, rust_worker, bootstrap, source, sink, group=group)
     assert_same_records(read_topic(bootstrap, sink, len(first) + len(second)), first + second)
 
 
-def test_unreachable_broker_fails_naming_the_bootstrap_address(rust_worker):
+@pytest.mark.runners("embedded", "prism", "flink")
+def test_unreachable_broker_fails_naming_the_bootstrap_address(rust_worker, runner):
     closed = f"127.0.0.1:{free_port()}"  # bound, then closed: nothing listens there
     with pytest.raises(Exception) as info:
-        run_echo(rust_worker, closed, "echo-input", "echo-output")
+        run_echo(runner, rust_worker, closed, "echo-input", "echo-output")
     message = str(info.value)
     assert closed in message, message
     assert "cannot reach Kafka" in message, message
 
 
+@pytest.mark.runners("embedded", "prism")
 @pytest.mark.parametrize("missing", ["source", "sink"])
-def test_missing_topic_fails_naming_the_topic(rust_worker, kafka_broker, missing):
+def test_missing_topic_fails_naming_the_topic(rust_worker, kafka_broker, missing, runner):
     """A missing output topic fails the bundle before anything is written, so
     nothing is committed either: once the topic exists, a re-run with the same
     group delivers every record, exactly once."""
@@ -278,19 +303,20 @@ def test_missing_topic_fails_naming_the_topic(rust_worker, kafka_broker, missing
     topics[missing] = f"no-such-topic-{uuid.uuid4().hex[:8]}"
     group = f"mt-{uuid.uuid4().hex[:8]}"
     with pytest.raises(Exception) as info:
-        run_echo(rust_worker, bootstrap, topics["source"], topics["sink"], group=group)
+        run_echo(runner, rust_worker, bootstrap, topics["source"], topics["sink"], group=group)
     message = str(info.value)
     assert f"topic '{topics[missing]}' does not exist" in message, message
     assert bootstrap in message, message
     if missing == "sink":
         assert committed(bootstrap, topics["source"], group) == {}
-        kafka_broker.script("topic", topics["sink"], 3)
-        run_echo(rust_worker, bootstrap, topics["source"], topics["sink"], group=group)
+        kafka_broker.create_topic(topics["sink"])
+        run_echo(runner, rust_worker, bootstrap, topics["source"], topics["sink"], group=group)
         assert_same_records(read_topic(bootstrap, topics["sink"], len(records)), records)
 
 
+@pytest.mark.runners("embedded", "prism")
 def test_nothing_lost_when_the_write_fails_mid_run_and_the_job_is_rerun(
-        rust_worker, kafka_broker, capsys):
+        rust_worker, kafka_broker, capsys, runner):
     """At-least-once across a write that fails in the middle of a bundle.
 
     "Mid-run" here is a record the producer cannot send arriving in the middle
@@ -315,7 +341,7 @@ def test_nothing_lost_when_the_write_fails_mid_run_and_the_job_is_rerun(
     produce(bootstrap, source, records)
 
     with pytest.raises(Exception) as info:
-        run_echo(rust_worker, bootstrap, source, sink, group=group,
+        run_echo(runner, rust_worker, bootstrap, source, sink, group=group,
                  producer={"message.max.bytes": "100000"})
     message = str(info.value)
     assert f"writing to topic '{sink}' failed" in message, message
@@ -323,7 +349,7 @@ def test_nothing_lost_when_the_write_fails_mid_run_and_the_job_is_rerun(
     assert committed(bootstrap, source, group) == {}, "a failed bundle committed its offsets"
     written_by_failed_run = len(read_topic(bootstrap, sink))
 
-    run_echo(rust_worker, bootstrap, source, sink, group=group)
+    run_echo(runner, rust_worker, bootstrap, source, sink, group=group)
 
     out = Counter(read_topic(bootstrap, sink, len(records)))
     missing = [kv for kv in records if out[kv] == 0]
@@ -357,3 +383,59 @@ def test_unsupported_arguments_raise_value_error(transform, args, named):
         base = {"producer_config": {"bootstrap.servers": "127.0.0.1:9"}, "topic": "t"}
     with pytest.raises(ValueError, match=rf"does not support {named}="):
         transform(**base, **args)
+
+
+@pytest.mark.runners("flink-streaming")
+def test_cancelled_streaming_job_releases_every_worker(rust_worker, kafka_broker, worker_log,
+                                                       runner, capsys):
+    """The seed's shape: a streaming Kafka job on Flink with checkpoints keeps
+    running after its input is echoed; cancelling it through the job service
+    ends it, and the pool releases every worker it started for it."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineState
+
+    from conftest import released_workers, started_workers
+
+    bootstrap = kafka_broker.address
+    source, sink = kafka_broker.topic("cancel-in"), kafka_broker.topic("cancel-out")
+    group = f"cancel-{uuid.uuid4().hex[:8]}"
+    records = [(b"c%d" % i, b"v" * (i % 30)) for i in range(2000)]
+    produce(bootstrap, source, records)
+    # Without --shutdown_sources_after_idle_ms Flink keeps the job running.
+    args = [a for a in runner.args() if not a.startswith("--shutdown_sources_after_idle_ms")]
+    p = beam.Pipeline(options=PipelineOptions(args))
+    echo_pipeline(p, rust_worker, bootstrap, source, sink, group=group)
+    result = p.run()
+    try:
+        deadline = time.monotonic() + 180
+        while len(_read_once(bootstrap, sink)) < len(records):
+            assert time.monotonic() < deadline, "the records never reached the output topic"
+            assert not PipelineState.is_terminal(result.state), result.state
+            time.sleep(1)
+        # Offsets are committed once a checkpoint completes after the bundle.
+        while sum(committed(bootstrap, source, group).values()) < len(records):
+            assert time.monotonic() < deadline, committed(bootstrap, source, group)
+            time.sleep(0.5)
+        assert result.state == PipelineState.RUNNING, result.state
+    finally:
+        cancelled_at = time.monotonic()
+        result.cancel()
+    try:
+        result.wait_until_finish(duration=60_000)
+    except RuntimeError as e:  # Beam raises for every end but DONE
+        assert "CANCELLED" in str(e), e
+    assert result.state == PipelineState.CANCELLED, result.state
+    assert_same_records(read_topic(bootstrap, sink, len(records)), records)
+    started = started_workers(worker_log())
+    assert started, worker_log()[-3000:]
+    # Flink closes a cancelled job's environment servers with a 60 s grace
+    # (gRPC awaitTermination) before the worker's control stream ends.
+    deadline = cancelled_at + 120
+    while sorted(released_workers(worker_log())) != sorted(started):
+        assert time.monotonic() < deadline, (
+            f"started {started}, released {released_workers(worker_log())} two minutes "
+            f"after the cancel:\n{worker_log()[-3000:]}")
+        time.sleep(0.5)
+    with capsys.disabled():
+        print(f"\n    cancel on Flink: {len(started)} worker(s) released "
+              f"{time.monotonic() - cancelled_at:.0f} s after the cancel")

@@ -10,12 +10,17 @@ differently, is drift.
 Our descriptor set comes from `BEAM_PROTO_DESCRIPTORS` (a file written by
 `cargo run -p beam-proto --bin dump-descriptors FILE`) or, when that is unset,
 from running that command here.
+
+Checked against two apache-beam releases: the one in the project venv (the
+version the Java side, Flink's job server and Prism are pinned to, see
+scripts/versions.sh) and the newest on PyPI, read in a venv of its own
+(`.cache/venv-beam-<version>`, made by scripts/setup-python.sh).
 """
 
-import importlib
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,23 +66,61 @@ def _our_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     return descriptor_pb2.FileDescriptorSet.FromString(data)
 
 
-def _beam_files() -> list:
-    """FileDescriptorProtos of Beam's files and everything they import."""
-    seen = {}
+# Run by the Python of the apache-beam release checked: prints that release's
+# files (and everything they import) as a serialized FileDescriptorSet.
+_DUMP_BEAM_FILES = """
+import importlib, sys
+from google.protobuf import descriptor_pb2
+seen = {}
+def add(fd):
+    if fd.name in seen:
+        return
+    proto = descriptor_pb2.FileDescriptorProto()
+    fd.CopyToProto(proto)
+    seen[fd.name] = proto
+    for dep in fd.dependencies:
+        add(dep)
+api = importlib.import_module("apache_beam.portability.api")
+for name in sys.argv[1:]:
+    add(getattr(api, name).DESCRIPTOR)
+sys.stdout.buffer.write(descriptor_pb2.FileDescriptorSet(file=list(seen.values())).SerializeToString())
+"""
 
-    def add(fd):
-        if fd.name in seen:
-            return
-        proto = descriptor_pb2.FileDescriptorProto()
-        fd.CopyToProto(proto)
-        seen[fd.name] = proto
-        for dep in fd.dependencies:
-            add(dep)
 
-    api = importlib.import_module("apache_beam.portability.api")
-    for name in BEAM_MODULES:
-        add(getattr(api, name).DESCRIPTOR)
-    return list(seen.values())
+def _versions_file(name):
+    text = (REPO / "scripts" / "versions.sh").read_text()
+    return re.search(rf'{name}="\$\{{{name}:-([^}}]+)\}}"', text).group(1)
+
+
+PINNED = _versions_file("BEAM_VERSION")
+NEWEST = _versions_file("BEAM_NEWEST_PYTHON")
+
+
+def _python_with_beam(version) -> str:
+    """This venv's Python if it has `version`, else a venv of its own."""
+    import apache_beam
+
+    if apache_beam.__version__ == version:
+        return sys.executable
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "setup-python.sh")], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "BEAM_PYTHON_VERSION": version,
+             "BEAM_RUST_VENV": str(REPO / ".cache" / f"venv-beam-{version}"),
+             "BEAM_RUST_VENV_MINIMAL": "1"},
+        timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot make a venv with apache-beam {version}:\n{proc.stderr[-5000:]}")
+    return proc.stdout.strip().splitlines()[-1] + "/bin/python"
+
+
+def _beam_files(version) -> list:
+    """FileDescriptorProtos of Beam `version`'s files and everything they import."""
+    proc = subprocess.run([_python_with_beam(version), "-c", _DUMP_BEAM_FILES, *BEAM_MODULES],
+                          capture_output=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"reading apache-beam {version}'s descriptors failed:\n"
+                    + proc.stderr.decode(errors="replace")[-5000:])
+    return list(descriptor_pb2.FileDescriptorSet.FromString(proc.stdout).file)
 
 
 class Index:
@@ -215,9 +258,14 @@ def compare(ours: Index, beam: Index) -> list:
 
 
 @pytest.fixture(scope="module")
-def indexes():
-    ours = Index(_our_descriptor_set().file, only_beam=True)
-    beam = Index(_beam_files())
+def our_descriptors():
+    return _our_descriptor_set()
+
+
+@pytest.fixture(scope="module", params=sorted({PINNED, NEWEST}))
+def indexes(request, our_descriptors):
+    ours = Index(our_descriptors.file, only_beam=True)
+    beam = Index(_beam_files(request.param))
     return ours, beam
 
 
@@ -304,7 +352,7 @@ class _Empty:
 
 def test_the_checker_catches_drift():
     """A tampered copy of a Beam message must be reported field by field."""
-    beam = Index(_beam_files())
+    beam = Index(_beam_files(PINNED))
     name = ".org.apache.beam.model.pipeline.v1.FunctionSpec"
     spec = descriptor_pb2.DescriptorProto()
     spec.CopyFrom(beam.messages[name])

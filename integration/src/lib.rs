@@ -45,7 +45,7 @@ pub use elements::{
 };
 pub use error::{Result, RunnerError};
 pub use handle::WorkerHandle;
-pub use runner::{RunnerOptions, TestRunner, experiments_options};
+pub use runner::{NATIVE_PARAMS, RunnerOptions, TestRunner, experiments_options};
 
 #[cfg(test)]
 mod self_test;

@@ -16,8 +16,9 @@ use beam_proto::fn_execution::provision_service_server::{
 };
 use beam_proto::fn_execution::{
     Elements, GetProcessBundleDescriptorRequest, GetProvisionInfoRequest, GetProvisionInfoResponse,
-    InstructionRequest, InstructionResponse, LogControl, ProcessBundleDescriptor, ProvisionInfo,
-    StartWorkerRequest, StartWorkerResponse, StopWorkerRequest, StopWorkerResponse, log_entry,
+    InstructionRequest, InstructionResponse, LogControl, LogEntry, ProcessBundleDescriptor,
+    ProvisionInfo, StartWorkerRequest, StartWorkerResponse, StopWorkerRequest, StopWorkerResponse,
+    log_entry,
 };
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
@@ -42,6 +43,12 @@ const DATA_STREAM_QUEUE: usize = 16;
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
+/// The `ExternalPayload.params` entry the pool's expansion service puts in
+/// its environments (`beam_rust_worker::delegate::NATIVE_PARAM` = `NATIVE_VALUE`),
+/// which runners copy into `StartWorkerRequest.params`. Without it the pool
+/// starts a Python SDK worker instead of its in-process harness.
+pub const NATIVE_PARAMS: (&str, &str) = ("beam-rust-worker", "native");
+
 /// Settings for [`TestRunner::start_with`].
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -54,6 +61,10 @@ pub struct RunnerOptions {
     /// bundles, as the Python runner's sender does (it allows ~100), so the
     /// worker must demultiplex one message into several bundles.
     pub coalesce_data: usize,
+    /// A slow runner: waits this long before reading each worker-to-runner
+    /// `Elements` message from a Data stream, so the worker's output backs
+    /// up behind HTTP/2 flow control.
+    pub data_read_delay: Option<Duration>,
 }
 
 impl Default for RunnerOptions {
@@ -62,6 +73,7 @@ impl Default for RunnerOptions {
             pipeline_options: None,
             timeout: Duration::from_secs(60),
             coalesce_data: 1,
+            data_read_delay: None,
         }
     }
 }
@@ -120,6 +132,7 @@ impl TestRunner {
         ));
         let services = Services {
             shared: shared.clone(),
+            data_read_delay: options.data_read_delay,
         };
         let router = Server::builder()
             .tcp_nodelay(true)
@@ -179,8 +192,10 @@ impl TestRunner {
     }
 
     /// The `StartWorkerRequest` [`TestRunner::start_worker`] sends: control,
-    /// logging, artifact and provision endpoints all set to [`TestRunner::url`].
-    /// Tests may alter it and pass it to [`TestRunner::start_worker_with`].
+    /// logging, artifact and provision endpoints all set to [`TestRunner::url`],
+    /// and [`NATIVE_PARAMS`] (an environment made by the pool's expansion
+    /// service), so the pool runs the worker in-process. Tests may alter it
+    /// and pass it to [`TestRunner::start_worker_with`].
     pub fn start_worker_request(&self, worker_id: &str) -> StartWorkerRequest {
         StartWorkerRequest {
             worker_id: worker_id.to_string(),
@@ -188,8 +203,18 @@ impl TestRunner {
             logging_endpoint: self.shared.endpoint(),
             artifact_endpoint: self.shared.endpoint(),
             provision_endpoint: self.shared.endpoint(),
-            params: Default::default(),
+            params: [NATIVE_PARAMS]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
+    }
+
+    /// Log entries this runner received from `worker_id` (on any logging
+    /// stream carrying that id), also for workers whose control stream never
+    /// connected.
+    pub fn logs_of(&self, worker_id: &str) -> Vec<LogEntry> {
+        self.shared.worker(worker_id).logs()
     }
 
     /// Asks the pool at `pool_addr` to start `worker_id` against this runner
@@ -380,6 +405,8 @@ async fn wait_for_control(
 #[derive(Clone)]
 struct Services {
     shared: Arc<Shared>,
+    /// See [`RunnerOptions::data_read_delay`].
+    data_read_delay: Option<Duration>,
 }
 
 impl Services {
@@ -506,9 +533,13 @@ impl BeamFnData for Services {
                 Some(tx)
             }
         };
+        let read_delay = self.data_read_delay;
         tokio::spawn(async move {
             let mut inbound = request.into_inner();
             loop {
+                if let Some(delay) = read_delay {
+                    tokio::time::sleep(delay).await;
+                }
                 match inbound.message().await {
                     Ok(Some(elements)) => worker.route_outputs(elements),
                     Ok(None) => break,

@@ -7,8 +7,8 @@ from apache_beam.transforms.external import ExternalTransform
 #: URN of the KV echo stage; it must match the worker's expansion service.
 KV_ECHO_URN = "beam:transform:rust_worker:kv_echo:v1"
 
-#: Where ``beam-rust-worker --expansion-port 8097`` listens by default.
-DEFAULT_EXPANSION_SERVICE = "localhost:8097"
+#: Where ``beam-rust-worker --expansion-port 8096`` listens by default.
+DEFAULT_EXPANSION_SERVICE = "localhost:8096"
 
 
 def _is_bytes_coder(coder):
@@ -47,7 +47,7 @@ class KvEcho(beam.PTransform):
     This is a cross-language transform. Before constructing the pipeline, start
     the worker with its expansion service enabled::
 
-        beam-rust-worker --port 50000 --expansion-port 8097 \\
+        beam-rust-worker --port 50000 --expansion-port 8096 \\
             --advertise localhost:50000
 
     The expansion binds this stage to an external environment at the

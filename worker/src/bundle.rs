@@ -438,7 +438,12 @@ impl<'a> Bundle<'a> {
                     is_last: true,
                 });
         }
-        self.flush_all().await?;
+        // The runner may act on the response (and the pool may shut down)
+        // as soon as it is sent, so every entry and is_last must be taken by
+        // the transport first, not merely queued.
+        for outbox in &mut self.outboxes {
+            flush_confirmed(outbox).await?;
+        }
         debug!(elements = ?self.counts, records = ?self.read_counts, "bundle finished");
         let commits = std::mem::take(&mut self.commits);
         Ok(BundleOutcome {
@@ -503,6 +508,20 @@ async fn flush(outbox: &mut Outbox) -> Result<(), BundleError> {
     outbox
         .channel
         .send(Elements {
+            data,
+            timers: vec![],
+        })
+        .await?;
+    Ok(())
+}
+
+/// Sends what `outbox` holds and waits until the transport has taken it.
+async fn flush_confirmed(outbox: &mut Outbox) -> Result<(), BundleError> {
+    let data = std::mem::take(&mut outbox.entries);
+    outbox.bytes = 0;
+    outbox
+        .channel
+        .send_confirmed(Elements {
             data,
             timers: vec![],
         })

@@ -14,6 +14,14 @@ pub struct HarnessConfig {
     /// Bytes of input held for bundles whose `ProcessBundle` has not arrived yet,
     /// per data stream. The Python runner sends a whole bundle before its request.
     pub max_pending_bytes: usize,
+    /// Early input held longer than this for a bundle whose `ProcessBundle`
+    /// never came is dropped: a runner may give up on a bundle after sending its
+    /// data, and that data must not fill the pending bound for good.
+    pub pending_ttl: Duration,
+    /// A runner endpoint that accepts TCP but sends nothing (no HTTP/2) within
+    /// this long fails the connection, so the worker is released instead of
+    /// waiting forever.
+    pub connect_timeout: Duration,
 }
 
 impl Default for HarnessConfig {
@@ -22,6 +30,8 @@ impl Default for HarnessConfig {
             flush_bytes: 1_000_000,
             flush_interval: None,
             max_pending_bytes: 1 << 30,
+            pending_ttl: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -34,6 +44,10 @@ pub struct PoolConfig {
     /// How long running bundles may take to finish after a shutdown signal.
     pub grace_period: Duration,
     pub harness: HarnessConfig,
+    /// Bounds on the pool's own server connections (runners calling StartWorker).
+    pub connections: ConnectionLimits,
+    /// How workers for environments other than ours (Python SDK processes) run.
+    pub delegate: crate::delegate::DelegateConfig,
 }
 
 impl Default for PoolConfig {
@@ -42,6 +56,33 @@ impl Default for PoolConfig {
             max_workers: 64,
             grace_period: Duration::from_secs(30),
             harness: HarnessConfig::default(),
+            connections: ConnectionLimits::default(),
+            delegate: crate::delegate::DelegateConfig::default(),
+        }
+    }
+}
+
+/// Bounds on the connections a server keeps.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections served at once; further peers wait in the listen backlog.
+    /// Kept well below the usual 1024 file-handle limit, which the pool also
+    /// needs for the connections its workers open to runners.
+    pub max_connections: usize,
+    /// A peer that sends nothing (not even the HTTP/2 preface) this long after
+    /// connecting is disconnected.
+    pub handshake_timeout: Duration,
+    /// A connection with no bytes in either direction this long is closed;
+    /// gRPC clients reconnect on their next call.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::bundle::{self, WorkerResources};
 use crate::config::HarnessConfig;
 use crate::data::DataChannels;
-use crate::grpc::{EndpointError, WorkerChannel, worker_channel};
+use crate::grpc::{EndpointError, WorkerChannel, worker_channel, worker_channel_with};
 use crate::kafka::{PendingCommit, Producers};
 use crate::logging;
 use crate::plan::{self, PlanError, StagePlan};
@@ -58,6 +58,8 @@ pub enum HarnessError {
     Endpoint(#[from] EndpointError),
     #[error("control stream failed: {0}")]
     Control(#[from] tonic::Status),
+    #[error("could not open the control stream to {url}: {why}")]
+    ControlConnect { url: String, why: String },
 }
 
 /// A descriptor, fetched once and planned once, shared by every bundle that uses it.
@@ -97,16 +99,18 @@ pub async fn run(
             Some(url) => with_provisioned_options(config, url, &spec.worker_id).await,
             None => config,
         };
-        let control = BeamFnControlClient::new(worker_channel(&spec.control_url, &spec.worker_id)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let control = BeamFnControlClient::new(worker_channel_with(
+            &spec.control_url,
+            &spec.worker_id,
+            config.connect_timeout,
+        )?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+        let channels = DataChannels::new(&spec.worker_id, &config, cancel.child_token());
+        let data_tasks = channels.tasks();
         let harness = Arc::new(Harness {
             resources: WorkerResources {
-                channels: DataChannels::new(
-                    &spec.worker_id,
-                    config.max_pending_bytes,
-                    cancel.child_token(),
-                ),
+                channels,
                 producers: Producers::default(),
             },
             pending_commits: Mutex::new(HashMap::new()),
@@ -122,6 +126,10 @@ pub async fn run(
         drop(harness);
         drop(logs);
         cancel.cancel();
+        // Each data stream sends what is queued and closes (bounded by its own
+        // close grace); the pool's shutdown waits for this.
+        data_tasks.close();
+        data_tasks.wait().await;
         result
     }
     .instrument(span)
@@ -137,7 +145,17 @@ impl Harness {
         let mut client = self.control.clone();
         let mut requests = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            call = client.control(ReceiverStream::new(rx)) => call?.into_inner(),
+            call = client.control(ReceiverStream::new(rx)) => match call {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    // The reason (an endpoint that never spoke HTTP/2, a refused
+                    // connection) is in the source chain, not the status text.
+                    return Err(HarnessError::ControlConnect {
+                        url: self.spec.control_url.clone(),
+                        why: crate::net::error_chain(&status),
+                    });
+                }
+            },
         };
         info!(control = %self.spec.control_url, "control stream connected");
         let mut tasks = JoinSet::new();
@@ -186,14 +204,14 @@ impl Harness {
         let result = match request.request {
             Some(Request::ProcessBundle(pb)) => {
                 let span = info_span!("bundle", instruction_id = %id);
-                self.process_bundle(&id, pb)
+                self.process_bundle_or_discard(&id, pb)
                     .instrument(span)
                     .await
                     .map(Response::ProcessBundle)
             }
             Some(Request::Register(r)) => {
                 for d in r.process_bundle_descriptor {
-                    self.cache_descriptor(d);
+                    self.cache_descriptor(d).await;
                 }
                 Ok(Response::Register(RegisterResponse {}))
             }
@@ -270,6 +288,21 @@ impl Harness {
         }
     }
 
+    /// A bundle that failed before taking its input (descriptor not
+    /// fetchable or not runnable, pool draining): its early input, held in
+    /// the data channels, is dropped at once instead of filling the bound.
+    async fn process_bundle_or_discard(
+        &self,
+        instruction_id: &str,
+        request: ProcessBundleRequest,
+    ) -> Result<beam_proto::fn_execution::ProcessBundleResponse, String> {
+        let result = self.process_bundle(instruction_id, request).await;
+        if result.is_err() {
+            self.resources.channels.discard(instruction_id);
+        }
+        result
+    }
+
     /// The runner has durably taken the bundle's output: commit what it read.
     async fn finalize(&self, instruction_id: &str) -> Result<(), String> {
         let commits = self.commits().remove(instruction_id).unwrap_or_default();
@@ -307,7 +340,14 @@ impl Harness {
                         )
                     })?
                     .into_inner();
-                Ok::<_, String>(plan_descriptor(&descriptor))
+                // Planning decodes transform configuration: kept off the
+                // threads that move bundle data.
+                // In the bundle's span, so what planning logs reaches the runner
+                // tagged with the instruction.
+                let span = tracing::Span::current();
+                tokio::task::spawn_blocking(move || span.in_scope(|| plan_descriptor(&descriptor)))
+                    .await
+                    .map_err(|e| format!("planning descriptor '{descriptor_id}' failed: {e}"))
             })
             .await?;
         match cached.as_ref() {
@@ -325,9 +365,21 @@ impl Harness {
             .clone()
     }
 
-    fn cache_descriptor(&self, descriptor: ProcessBundleDescriptor) {
-        let plan = plan_descriptor(&descriptor);
-        let _ = self.cell(&descriptor.id).set(plan);
+    /// Plans on the blocking pool: planning decodes transform configuration,
+    /// which must not hold up the threads that move bundle data.
+    async fn cache_descriptor(&self, descriptor: ProcessBundleDescriptor) {
+        let id = descriptor.id.clone();
+        let span = tracing::Span::current();
+        let planned =
+            tokio::task::spawn_blocking(move || span.in_scope(|| plan_descriptor(&descriptor)));
+        match planned.await {
+            Ok(plan) => {
+                let _ = self.cell(&id).set(plan);
+            }
+            Err(e) => {
+                warn!(descriptor = %id, error = %e, "planning a registered descriptor failed")
+            }
+        }
     }
 }
 
@@ -337,11 +389,11 @@ fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
         Ok(p) => {
             // Which transforms were fused into this stage is what a user (or a
             // test) needs to see to know records never left the worker between them.
-            let mut urns: Vec<&str> = descriptor
+            let mut urns: Vec<String> = descriptor
                 .transforms
                 .values()
                 .filter(|t| t.subtransforms.is_empty())
-                .filter_map(|t| t.spec.as_ref().map(|s| s.urn.as_str()))
+                .map(plan::runs)
                 .collect();
             urns.sort_unstable();
             info!(descriptor = %p.descriptor_id, transforms = %urns.join(","), "stage planned");

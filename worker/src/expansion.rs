@@ -20,18 +20,24 @@ use beam_proto::expansion::{ExpansionRequest, ExpansionResponse};
 use beam_proto::opaque::OpaqueMessage;
 use beam_proto::pipeline::{
     ApiServiceDescriptor, Coder, Components, Environment, ExternalPayload, FunctionSpec,
-    PCollection, PTransform, WindowingStrategy, accumulation_mode, closing_behavior, is_bounded,
-    merge_status, on_time_behavior, output_time,
+    PCollection, PTransform, ParDoPayload, WindowingStrategy, accumulation_mode, closing_behavior,
+    is_bounded, merge_status, on_time_behavior, output_time,
 };
 use prost::Message;
 use tokio::net::TcpListener;
 
 use crate::coders;
-use crate::kafka::{KAFKA_READ_URN, KAFKA_WRITE_URN, ReadConfig, WriteConfig};
+use crate::delegate::{NATIVE_PARAM, NATIVE_VALUE};
+use crate::kafka::{
+    self, BEAM_KAFKA_READ_URN, BEAM_KAFKA_URNS, BEAM_KAFKA_WRITE_URN, KAFKA_READ_URN,
+    KAFKA_WRITE_URN, ReadConfig, WriteConfig,
+};
+use crate::plan::PARDO_URN;
 
 pub use crate::transforms::{KV_ECHO_URN, SUPPORTED_TRANSFORMS};
 
 const IMPULSE_URN: &str = "beam:transform:impulse:v1";
+const FINALIZATION_REQUIREMENT: &str = "beam:requirement:pardo:finalization:v1";
 const GLOBAL_WINDOWS_URN: &str = "beam:window_fn:global_windows:v1";
 /// An encoded `Trigger` whose `default` (field 7) is set: Beam's default trigger.
 const DEFAULT_TRIGGER: [u8; 2] = [0x3a, 0x00];
@@ -80,6 +86,18 @@ impl Expansion {
     }
 }
 
+/// Largest `ExpansionRequest` accepted. Requests hold a pipeline's components
+/// and one transform's configuration: a few MB even for large pipelines. A
+/// request is decoded whole before anything else, so this bounds its memory.
+pub const MAX_EXPANSION_REQUEST_BYTES: usize = 16 << 20;
+/// Expansions decoded at once; more wait. Each runs on the blocking pool, off
+/// the threads that serve bundles.
+const EXPANSION_CONCURRENCY: usize = 2;
+
+/// Expansions running now, process-wide (tests start several servers).
+static EXPANSION_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(EXPANSION_CONCURRENCY);
+
 #[tonic::async_trait]
 impl ExpansionService for Expansion {
     async fn expand(
@@ -94,7 +112,14 @@ impl ExpansionService for Expansion {
             .map(|s| s.urn.clone())
             .unwrap_or_default();
         let namespace = request.namespace.clone();
-        let response = expand(request, &self.advertised_pool);
+        let _slot = EXPANSION_SLOTS
+            .acquire()
+            .await
+            .map_err(|_| tonic::Status::unavailable("the expansion service is closing"))?;
+        let pool = self.advertised_pool.clone();
+        let response = tokio::task::spawn_blocking(move || expand(request, &pool))
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
         if response.error.is_empty() {
             tracing::info!(%urn, %namespace, pool = %self.advertised_pool, "expanded transform");
         } else {
@@ -107,23 +132,52 @@ impl ExpansionService for Expansion {
 /// The expansion gRPC server, ready to add to a `tonic` router.
 ///
 /// Requests carry the pipeline's components and may exceed tonic's 4 MiB
-/// default, so message limits are lifted (Beam's SDKs do the same).
+/// default, so the limit is raised, but to [`MAX_EXPANSION_REQUEST_BYTES`]:
+/// a request is held and decoded whole.
 pub fn expansion_service(advertised_pool: impl Into<String>) -> ExpansionServiceServer<Expansion> {
     ExpansionServiceServer::new(Expansion::new(advertised_pool))
-        .max_decoding_message_size(usize::MAX)
+        .max_decoding_message_size(MAX_EXPANSION_REQUEST_BYTES)
         .max_encoding_message_size(usize::MAX)
 }
 
-/// Serves the expansion service on `listener` until `shutdown` completes.
+/// Serves the expansion service on `listener` until `shutdown` completes,
+/// with default connection limits and a 30 s grace period for open connections.
 pub async fn serve(
     listener: TcpListener,
     advertised_pool: String,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(expansion_service(advertised_pool))
-        .serve_with_incoming_shutdown(crate::pool::nodelay_incoming(listener), shutdown)
-        .await
+    serve_with(
+        listener,
+        advertised_pool,
+        crate::config::ConnectionLimits::default(),
+        std::time::Duration::from_secs(30),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with explicit connection limits; once `shutdown` completes,
+/// connections still open after `grace` (idle or half-open peers) are closed.
+pub async fn serve_with(
+    listener: TcpListener,
+    advertised_pool: String,
+    limits: crate::config::ConnectionLimits,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let kill = tokio_util::sync::CancellationToken::new();
+    let incoming = crate::net::incoming(listener, limits, kill.clone(), "expansion service");
+    let stopped = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(expansion_service(advertised_pool))
+            .serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned()),
+    );
+    shutdown.await;
+    stopped.cancel();
+    let deadline = tokio::time::Instant::now() + grace;
+    crate::pool::finish_server(server, deadline, &kill, "expansion service").await
 }
 
 /// Expands one transform. Never fails: problems go into `ExpansionResponse.error`.
@@ -166,12 +220,33 @@ fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse
         KV_ECHO_URN => request.kv_echo(),
         KAFKA_READ_URN => request.kafka_read(),
         KAFKA_WRITE_URN => request.kafka_write(),
-        _ => Err(format!(
-            "beam-rust-worker cannot expand transform '{}': unknown URN '{urn}'. \
-             Supported transform URNs: {}",
-            request.transform.unique_name,
-            SUPPORTED_TRANSFORMS.join(", ")
-        )),
+        // Beam's own Kafka URNs (apache_beam.io.kafka) become our read and
+        // write: their Rows carry our fields, plus Java settings the decoder
+        // accepts only where they change nothing (kafka::beam_schema). A
+        // ReadFromKafka without max_num_records/max_read_time is unbounded in
+        // Beam; here it is the bounded read until a streaming read exists.
+        BEAM_KAFKA_READ_URN => request
+            .into_native(KAFKA_READ_URN)
+            .kafka_read()
+            .map_err(|e| format!("{e} ({urn} is served by beam-rust-worker's native read)")),
+        BEAM_KAFKA_WRITE_URN => request
+            .into_native(KAFKA_WRITE_URN)
+            .kafka_write()
+            .map_err(|e| format!("{e} ({urn} is served by beam-rust-worker's native write)")),
+        _ => Err(match kafka::refusal(&urn) {
+            Some(why) => format!("{urn} ('{}'): {why}", request.transform.unique_name),
+            None => format!(
+                "beam-rust-worker cannot expand transform '{}': unknown URN '{urn}'. \
+                 Supported transform URNs: {}",
+                request.transform.unique_name,
+                SUPPORTED_TRANSFORMS
+                    .iter()
+                    .chain(BEAM_KAFKA_URNS)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
     }
 }
 
@@ -203,6 +278,15 @@ impl Request<'_> {
             [only] => (*only).clone(),
             _ => DEFAULT_OUTPUT_TAG.to_owned(),
         }
+    }
+
+    /// This request with the transform's URN replaced by our `urn`: what the
+    /// worker's plan recognizes. The configuration payload stays as sent.
+    fn into_native(mut self, urn: &str) -> Self {
+        if let Some(spec) = self.transform.spec.as_mut() {
+            spec.urn = urn.to_owned();
+        }
+        self
     }
 
     fn payload(&self) -> &[u8] {
@@ -247,6 +331,10 @@ impl Request<'_> {
     ) -> ExpansionResponse {
         let environment = pool_environment(self.pool);
         let expanded = PTransform {
+            spec: Some(as_pardo(
+                self.transform.spec.clone().unwrap_or_default(),
+                false,
+            )),
             outputs: HashMap::from([(tag, output_id.clone())]),
             environment_id: env_id.clone(),
             subtransforms: Vec::new(),
@@ -268,7 +356,7 @@ impl Request<'_> {
     /// the worker, whose records are `KV<nullable bytes, nullable bytes>`.
     fn kafka_read(self) -> Result<ExpansionResponse, String> {
         let name = self.name().to_owned();
-        ReadConfig::from_payload(self.payload())
+        let config = ReadConfig::from_payload(self.payload())
             .map_err(|e| format!("{KAFKA_READ_URN} ('{name}'): {e}"))?;
         if !self.transform.inputs.is_empty() {
             return Err(format!(
@@ -306,7 +394,10 @@ impl Request<'_> {
             ..Default::default()
         };
         let read = PTransform {
-            spec: self.transform.spec.clone(),
+            spec: Some(as_pardo(
+                self.transform.spec.clone().unwrap_or_default(),
+                config.commit_offsets,
+            )),
             inputs: HashMap::from([("impulse".to_owned(), impulse_out.clone())]),
             outputs: HashMap::from([("out".to_owned(), records.clone())]),
             unique_name: format!("{name}/Read"),
@@ -321,7 +412,7 @@ impl Request<'_> {
             environment_id: String::new(),
             ..self.transform
         };
-        Ok(response(
+        let mut expanded = response(
             Components {
                 transforms: HashMap::from([(impulse_id, impulse), (read_id, read)]),
                 pcollections: HashMap::from([
@@ -336,7 +427,15 @@ impl Request<'_> {
                 environments: HashMap::from([(env_id, pool_environment(self.pool))]),
             },
             composite,
-        ))
+        );
+        if config.commit_offsets {
+            // Beam's Python runner refuses a ParDo that requests finalization
+            // unless the pipeline declares the requirement.
+            expanded
+                .requirements
+                .push(FINALIZATION_REQUIREMENT.to_owned());
+        }
+        Ok(expanded)
     }
 
     /// Its elements leave the pipeline for Kafka. The transform still declares
@@ -464,6 +563,23 @@ impl FreshIds<'_> {
     }
 }
 
+/// Our transform as a ParDo whose DoFn spec is the transform's own (URN and
+/// configuration). Runners treat a ParDo as a primitive they can fuse into the
+/// pool's stage; Flink's fuser drops leaves with URNs it does not know.
+/// `requests_finalization` makes Prism and Flink send FinalizeBundle, which is
+/// when the Kafka read commits its offsets.
+fn as_pardo(spec: FunctionSpec, requests_finalization: bool) -> FunctionSpec {
+    FunctionSpec {
+        urn: PARDO_URN.to_owned(),
+        payload: ParDoPayload {
+            do_fn: Some(spec),
+            requests_finalization,
+        }
+        .encode_to_vec()
+        .into(),
+    }
+}
+
 fn response(components: Components, transform: PTransform) -> ExpansionResponse {
     ExpansionResponse {
         components: Some(components),
@@ -483,7 +599,9 @@ fn pool_environment(pool: &str) -> Environment {
                 url: pool.to_owned(),
                 authentication: None,
             }),
-            params: HashMap::new(),
+            // Runners copy these into StartWorkerRequest.params: how the pool
+            // tells our stages (in-process) from others (Python workers).
+            params: HashMap::from([(NATIVE_PARAM.to_owned(), NATIVE_VALUE.to_owned())]),
         }
         .encode_to_vec()
         .into(),
@@ -657,7 +775,7 @@ mod tests {
     fn kv_echo_is_bound_to_a_new_external_environment() {
         let (comps, t) = ok(request(KV_ECHO_URN, "c_kv"));
         assert_eq!(t.unique_name, "KvEcho/ExternalTransform(kv_echo)");
-        assert_eq!(t.spec.as_ref().unwrap().urn, KV_ECHO_URN);
+        assert_eq!(dofn_of(&t), (KV_ECHO_URN.to_owned(), false));
         assert_eq!(t.inputs, HashMap::from([("input".into(), "pc_in".into())]));
         assert!(t.subtransforms.is_empty());
 
@@ -866,6 +984,34 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// The DoFn URN of a ParDo we sent, and whether it requests finalization.
+    fn dofn_of(t: &PTransform) -> (String, bool) {
+        let spec = t.spec.as_ref().unwrap();
+        assert_eq!(spec.urn, PARDO_URN, "our transforms travel as ParDos");
+        let pardo = ParDoPayload::decode(spec.payload.clone()).unwrap();
+        (pardo.do_fn.unwrap().urn, pardo.requests_finalization)
+    }
+
+    #[test]
+    fn a_read_that_commits_requests_finalization_and_declares_it() {
+        use crate::row::testing::{payload, str_list, str_map};
+        let commit = payload(&[
+            (
+                "consumer_config",
+                str_map(&[("bootstrap.servers", "127.0.0.1:9"), ("group.id", "g")]),
+            ),
+            ("topics", str_list(&["in"])),
+            ("commit_offset_in_finalize", crate::row::Value::Bool(true)),
+        ]);
+        let resp = expand(kafka_request(KAFKA_READ_URN, commit, false), POOL);
+        assert!(resp.error.is_empty(), "{}", resp.error);
+        let components = resp.components.unwrap();
+        let composite = resp.transform.unwrap();
+        let read = &components.transforms[&composite.subtransforms[1]];
+        assert_eq!(dofn_of(read), (KAFKA_READ_URN.to_owned(), true));
+        assert_eq!(resp.requirements, vec![FINALIZATION_REQUIREMENT.to_owned()]);
+    }
+
     fn kafka_request(urn: &str, payload: Vec<u8>, with_input: bool) -> ExpansionRequest {
         let mut req = request(urn, "c_kvn");
         let t = req.transform.as_mut().unwrap();
@@ -909,7 +1055,12 @@ mod tests {
         );
         let [impulse, read] = [0, 1].map(|i| &components.transforms[&composite.subtransforms[i]]);
         assert_eq!(impulse.spec.as_ref().unwrap().urn, IMPULSE_URN);
-        assert_eq!(read.spec.as_ref().unwrap().urn, KAFKA_READ_URN);
+        assert_eq!(dofn_of(read), (KAFKA_READ_URN.to_owned(), false));
+        assert!(
+            expand(kafka_request(KAFKA_READ_URN, read_payload(), false), POOL)
+                .requirements
+                .is_empty()
+        );
         assert_eq!(
             read.inputs.values().collect::<Vec<_>>(),
             impulse.outputs.values().collect::<Vec<_>>()
@@ -969,5 +1120,66 @@ mod tests {
         assert!(e.contains("takes no inputs"), "{e}");
         let e = err(kafka_request(KAFKA_WRITE_URN, read_payload(), true));
         assert!(e.contains(KAFKA_WRITE_URN), "{e}");
+    }
+
+    #[test]
+    fn environments_carry_the_native_marker_for_the_pool() {
+        let (comps, t) = ok(request(KV_ECHO_URN, "c_kv"));
+        let env = &comps.environments[&t.environment_id];
+        let payload = ExternalPayload::decode(env.payload.clone()).unwrap();
+        let params = HashMap::from([(NATIVE_PARAM.to_owned(), NATIVE_VALUE.to_owned())]);
+        assert_eq!(payload.params, params);
+        assert_eq!(
+            crate::delegate::route(&payload.params),
+            Ok(crate::delegate::Route::Native)
+        );
+    }
+
+    #[test]
+    fn beams_kafka_urns_expand_into_our_native_read_and_write() {
+        let (components, composite) = ok(kafka_request(BEAM_KAFKA_READ_URN, read_payload(), false));
+        let read = &components.transforms[&composite.subtransforms[1]];
+        assert_eq!(dofn_of(read).0, KAFKA_READ_URN);
+        let (native, _) = ok(kafka_request(KAFKA_READ_URN, read_payload(), false));
+        assert_eq!(
+            components.environments.values().collect::<Vec<_>>(),
+            native.environments.values().collect::<Vec<_>>(),
+            "the same environment as our own read, so they fuse"
+        );
+        let (_, write) = ok(kafka_request(BEAM_KAFKA_WRITE_URN, write_payload(), true));
+        assert_eq!(dofn_of(&write).0, KAFKA_WRITE_URN);
+        assert_eq!(write.unique_name, "ReadOrWrite");
+    }
+
+    #[test]
+    fn beams_kafka_configuration_beyond_ours_is_refused_naming_the_field() {
+        use crate::row::testing::{payload, str_list, str_map};
+        let with_start_time = payload(&[
+            (
+                "consumer_config",
+                str_map(&[("bootstrap.servers", "127.0.0.1:9")]),
+            ),
+            ("topics", str_list(&["in"])),
+            ("start_read_time", crate::row::Value::Int(1)),
+        ]);
+        let e = err(kafka_request(BEAM_KAFKA_READ_URN, with_start_time, false));
+        assert!(
+            e.contains("`start_read_time`") && e.contains("supported"),
+            "{e}"
+        );
+        let e = err(kafka_request(
+            kafka::BEAM_KAFKA_READ_WITH_METADATA_URN,
+            read_payload(),
+            false,
+        ));
+        assert!(e.contains("with_metadata=False"), "{e}");
+        let e = err(kafka_request(
+            kafka::BEAM_KAFKA_WRITE_WITH_HEADERS_URN,
+            write_payload(),
+            true,
+        ));
+        assert!(e.contains("with_headers=False"), "{e}");
+        let e = err(request("beam:transform:nope:v1", "c_kv"));
+        assert!(e.contains(BEAM_KAFKA_READ_URN), "{e}");
     }
 }

@@ -10,6 +10,9 @@ use tonic::transport::{Channel, Endpoint};
 /// A channel that stamps every call with the worker's id.
 pub type WorkerChannel = InterceptedService<Channel, WorkerIdInterceptor>;
 
+/// How long a TCP connect to a runner may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A runner endpoint this worker cannot dial.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("endpoint '{url}' is not usable: {why}")]
@@ -70,16 +73,35 @@ pub fn endpoint(url: &str) -> Result<Endpoint, EndpointError> {
     }
     Ok(Endpoint::from(uri)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         // Large windows keep a single stream from stalling on multi-MB chunks.
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20)))
 }
 
+/// How long a runner endpoint may stay silent after accepting a connection
+/// before the connection is given up, unless the harness configures otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A lazily connected channel to `url` that sends `worker_id` on every call.
 pub fn worker_channel(url: &str, worker_id: &str) -> Result<WorkerChannel, EndpointError> {
+    worker_channel_with(url, worker_id, DEFAULT_HANDSHAKE_TIMEOUT)
+}
+
+/// [`worker_channel`] whose connections fail if the endpoint sends nothing
+/// (no HTTP/2 settings) within `handshake_timeout` of accepting TCP: such an
+/// endpoint would otherwise hold the call, and the worker, forever.
+pub fn worker_channel_with(
+    url: &str,
+    worker_id: &str,
+    handshake_timeout: Duration,
+) -> Result<WorkerChannel, EndpointError> {
     let interceptor = WorkerIdInterceptor::new(worker_id)?;
-    let channel = endpoint(url)?.connect_lazy();
+    let connector = crate::net::GuardedConnector {
+        first_bytes: handshake_timeout,
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    let channel = endpoint(url)?.connect_with_connector_lazy(connector);
     Ok(InterceptedService::new(channel, interceptor))
 }
 

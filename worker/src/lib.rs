@@ -7,18 +7,21 @@
 //! flow over [`data`] channels through the [`transforms`], decoded by
 //! [`coders`]. [`metrics`] builds the monitoring infos the runner reads,
 //! [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
-//! our transforms to this pool.
+//! our transforms to this pool, and [`delegate`] starts Beam's Python SDK
+//! worker for every other environment.
 
 pub mod bundle;
 pub mod coders;
 pub mod config;
 pub mod control;
 pub mod data;
+pub mod delegate;
 pub mod expansion;
 pub mod grpc;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod plan;
 pub mod pool;
 pub mod row;

@@ -87,13 +87,44 @@ async fn stream_entries(
     mut client: BeamFnLoggingClient<crate::grpc::WorkerChannel>,
     rx: mpsc::Receiver<LogEntry>,
 ) -> Result<(), tonic::Status> {
-    let batches = ReceiverStream::new(rx)
+    // Our side of the call must end when the runner ends its side: Flink
+    // closes an environment's logging server first and waits up to 60 s for
+    // open calls, before it closes the worker's control stream.
+    let runner_done = CancellationToken::new();
+    let (tx, requests) = mpsc::channel(BATCH);
+    tokio::spawn(forward_until(rx, tx, runner_done.clone()));
+    let batches = ReceiverStream::new(requests)
         .chunks_timeout(BATCH, BATCH_WAIT)
         .map(|log_entries| log_entry::List { log_entries });
-    let mut control = client.logging(batches).await?.into_inner();
-    // The runner may send LogControl messages; nothing in them needs acting on.
-    while control.message().await?.is_some() {}
-    Ok(())
+    let result = async {
+        let mut control = client.logging(batches).await?.into_inner();
+        // The runner may send LogControl messages; nothing in them needs acting on.
+        while control.message().await?.is_some() {}
+        Ok(())
+    }
+    .await;
+    runner_done.cancel();
+    result
+}
+
+/// Moves entries into the request stream until `done`, then drops `tx`, which
+/// ends the request stream.
+async fn forward_until(
+    mut rx: mpsc::Receiver<LogEntry>,
+    tx: mpsc::Sender<LogEntry>,
+    done: CancellationToken,
+) {
+    loop {
+        let entry = tokio::select! {
+            _ = done.cancelled() => return,
+            entry = rx.recv() => entry,
+        };
+        let Some(entry) = entry else { return };
+        tokio::select! {
+            _ = done.cancelled() => return,
+            sent = tx.send(entry) => if sent.is_err() { return },
+        }
+    }
 }
 
 /// A tracing layer that copies worker events to their runner.

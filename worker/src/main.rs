@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use beam_rust_worker::config::{HarnessConfig, PoolConfig};
+use beam_rust_worker::config::{ConnectionLimits, HarnessConfig, PoolConfig};
+use beam_rust_worker::delegate::DelegateConfig;
 use beam_rust_worker::{expansion, logging, pool};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -42,7 +43,10 @@ struct Cli {
 
     /// Port of the expansion service that lets pipelines use our transforms
     /// (org.apache.beam.model.expansion.v1.ExpansionService); 0 disables it.
-    #[arg(long, default_value_t = 8097, env = "BEAM_RUST_WORKER_EXPANSION_PORT")]
+    /// The default is the port the seed's tutorial gives Beam's Java expansion
+    /// service, so `expansion_service="localhost:8096"` reaches this one; it
+    /// also stays clear of Flink's job server (8097-8099).
+    #[arg(long, default_value_t = 8096, env = "BEAM_RUST_WORKER_EXPANSION_PORT")]
     expansion_port: u16,
 
     /// Pool address the expansion service writes into the environments it
@@ -75,6 +79,31 @@ struct Cli {
     #[arg(long, default_value_t = 30)]
     grace_secs: u64,
 
+    /// Python that runs the workers of environments this pool did not create
+    /// (pickled Python DoFns: Create, Map, assert_that, ...), as
+    /// `PYTHON -m apache_beam.runners.worker.sdk_worker_main`. It must be able
+    /// to import apache_beam (e.g. a venv's bin/python). Default: the first
+    /// python3 on PATH that can.
+    #[arg(long, env = "BEAM_RUST_WORKER_PYTHON", value_name = "PATH")]
+    python: Option<std::path::PathBuf>,
+
+    /// Working directory of the Python workers. Default: the pool's, so
+    /// modules beside the pipeline (`import worker`) import there too.
+    #[arg(long, value_name = "DIR")]
+    python_workdir: Option<std::path::PathBuf>,
+
+    /// Seconds a Python worker gets to exit after SIGTERM (on StopWorker or
+    /// shutdown) before it and its process group are sent SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    python_stop_grace_secs: u64,
+
+    /// StartWorker for a Python worker is answered once the worker connects
+    /// to its runner, or after this many milliseconds; a worker that exits
+    /// before that fails its StartWorker with its exit status and output.
+    /// Later crashes are logged here and to the runner's log.
+    #[arg(long, default_value_t = 1500)]
+    python_startup_window_ms: u64,
+
     /// Log filter for stderr and the runners' logging endpoints
     /// (error, warn, info, debug, trace, or a tracing filter such as
     /// `beam_rust_worker=debug`). RUST_LOG wins when set.
@@ -88,26 +117,25 @@ async fn main() -> Result<()> {
     init_tracing(&cli.log_level)?;
 
     let pool_addr = SocketAddr::new(cli.bind, cli.port);
-    let listener = TcpListener::bind(pool_addr)
-        .await
-        .with_context(|| format!("cannot listen on {pool_addr} for the worker pool"))?;
+    let listener = bind(pool_addr, "the worker pool", "--port").await?;
     // With --port 0 the kernel picks the port; advertise the real one.
     let pool_port = listener.local_addr()?.port();
     let shutdown = CancellationToken::new();
 
     let expansion = if cli.expansion_port != 0 {
         let addr = SocketAddr::new(cli.bind, cli.expansion_port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for the expansion service"))?;
+        let listener = bind(addr, "the expansion service", "--expansion-port").await?;
         let advertise = cli
             .advertise
             .clone()
             .unwrap_or_else(|| format!("localhost:{pool_port}"));
         info!(%addr, pool = %advertise, "expansion service listening");
-        Some(tokio::spawn(expansion::serve(
+        // Same grace as the pool: an idle peer must not keep the process alive.
+        Some(tokio::spawn(expansion::serve_with(
             listener,
             advertise,
+            ConnectionLimits::default(),
+            Duration::from_secs(cli.grace_secs),
             shutdown.clone().cancelled_owned(),
         )))
     } else {
@@ -122,7 +150,15 @@ async fn main() -> Result<()> {
             flush_bytes: cli.flush_bytes,
             flush_interval: (cli.flush_millis > 0).then(|| Duration::from_millis(cli.flush_millis)),
             max_pending_bytes: cli.max_pending_bytes,
+            ..HarnessConfig::default()
         },
+        delegate: DelegateConfig {
+            python: cli.python.clone(),
+            workdir: cli.python_workdir.clone(),
+            stop_grace: Duration::from_secs(cli.python_stop_grace_secs),
+            startup_window: Duration::from_millis(cli.python_startup_window_ms),
+        },
+        connections: ConnectionLimits::default(),
     };
     tokio::spawn(stop_on_signal(shutdown.clone()));
     pool::serve(listener, config, shutdown.clone().cancelled_owned()).await?;
@@ -130,6 +166,20 @@ async fn main() -> Result<()> {
         expansion.await??;
     }
     Ok(())
+}
+
+/// Binds a listener; a taken port gets an error naming the flag that moves it.
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "; another process already listens there: stop it or pick another port with {flag}"
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("cannot listen on {addr} for {what}: {e}{hint}")
+    })
 }
 
 fn init_tracing(level: &str) -> Result<()> {

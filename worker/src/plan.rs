@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use beam_proto::fn_execution::{ProcessBundleDescriptor, RemoteGrpcPort};
-use beam_proto::pipeline::{PTransform, ParDoPayload};
+use beam_proto::pipeline::{FunctionSpec, PTransform, ParDoPayload};
 use prost::Message;
 
 use crate::coders::{CoderResolveError, ElementCoder, Framing, WindowCoder, WireCoder};
@@ -341,7 +341,7 @@ fn classify_all(descriptor: &ProcessBundleDescriptor) -> Result<HashMap<&String,
     ids.sort();
     for id in ids {
         let t = &descriptor.transforms[id];
-        let spec = t.spec.clone().unwrap_or_default();
+        let spec = native_spec(t);
         let config_error = |source: KafkaError| PlanError::Config {
             id: id.clone(),
             source,
@@ -376,6 +376,29 @@ fn classify_all(descriptor: &ProcessBundleDescriptor) -> Result<HashMap<&String,
         Err(PlanError::UnsupportedTransforms(unsupported))
     }
 }
+
+/// The spec that says what a transform runs. Our expansion service sends our
+/// transforms as ParDos whose DoFn spec carries our URN and configuration
+/// (Flink's fuser drops leaves with URNs it does not know as primitives);
+/// pipelines expanded before that carry our URN on the transform itself.
+fn native_spec(t: &PTransform) -> FunctionSpec {
+    let spec = t.spec.clone().unwrap_or_default();
+    if spec.urn != PARDO_URN {
+        return spec;
+    }
+    match ParDoPayload::decode(spec.payload.clone()).map(|p| p.do_fn) {
+        Ok(Some(do_fn)) if NATIVE_DOFN_URNS.contains(&do_fn.urn.as_str()) => do_fn,
+        _ => spec,
+    }
+}
+
+/// The URN of what a transform runs: ours for our ParDos, else its own.
+pub fn runs(t: &PTransform) -> String {
+    native_spec(t).urn
+}
+
+/// DoFn URNs this worker runs when they arrive inside a ParDo.
+const NATIVE_DOFN_URNS: [&str; 3] = [KV_ECHO_URN, KAFKA_READ_URN, KAFKA_WRITE_URN];
 
 /// `'Map(f)' (id t1, beam:transform:pardo:v1 running beam:dofn:pickled_python_info:v1)`.
 fn describe(id: &str, t: &PTransform, urn: &str) -> String {
@@ -538,6 +561,26 @@ mod tests {
         assert_eq!(plan.input_urls(), ["localhost:1"]);
     }
 
+    /// What our expansion service sends since Flink: the echo as a ParDo whose
+    /// DoFn spec is ours.
+    #[test]
+    fn echo_inside_a_pardo_is_ours() {
+        let pardo = ParDoPayload {
+            do_fn: spec(KV_ECHO_URN, vec![]),
+            requests_finalization: false,
+        };
+        let mut d = descriptor("wv", None);
+        d.transforms.get_mut("echo").unwrap().spec = spec(PARDO_URN, pardo.encode_to_vec());
+        let plan = build(&d).unwrap();
+        assert_eq!(
+            plan.inputs[0].stream.routes,
+            [Route::Sink {
+                sink: 0,
+                pass_through: true
+            }]
+        );
+    }
+
     #[test]
     fn different_wire_coders_recode() {
         let plan = build(&descriptor("wvn", None)).unwrap();
@@ -556,6 +599,7 @@ mod tests {
     fn pickled_python_dofn_is_named() {
         let pardo = ParDoPayload {
             do_fn: spec("beam:dofn:pickled_python_info:v1", vec![]),
+            requests_finalization: false,
         };
         let mut t = transform(PARDO_URN, pardo.encode_to_vec(), &["b"], &["c"]);
         t.unique_name = "Map(<lambda>)".into();

@@ -16,13 +16,26 @@ use beam_proto::fn_execution::{
 use beam_proto::pipeline::ApiServiceDescriptor;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
 use crate::config::PoolConfig;
 use crate::control::{self, WorkerSpec};
+use crate::delegate::{self, Delegates, Route};
 use crate::grpc;
+use crate::net;
+
+/// Longest worker id accepted. Runners use short ids ("worker_0", "1-2"); the id
+/// is sent as a header on every call and written into every log line, so a huge
+/// one would be copied everywhere.
+pub const MAX_WORKER_ID_BYTES: usize = 256;
+/// Most entries accepted in `StartWorkerRequest.params`.
+pub const MAX_PARAMS: usize = 64;
+/// Most bytes (keys plus values) accepted in `StartWorkerRequest.params`.
+pub const MAX_PARAMS_BYTES: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -102,16 +115,30 @@ struct PoolState {
     lifecycle: Arc<Lifecycle>,
     /// Parent of every worker's cancellation.
     shutdown: CancellationToken,
+    /// Every harness task, so shutdown can wait for them to flush and close.
+    tasks: TaskTracker,
+    /// Python SDK worker processes for environments that are not ours.
+    delegates: Delegates,
+}
+
+/// What `start` began.
+enum Started {
+    /// An in-process harness, already running.
+    Native(u64),
+    /// A slot for a Python worker, which [`WorkerPool::launch`] starts.
+    Delegated(WorkerSpec, CancellationToken),
 }
 
 impl WorkerPool {
     pub fn new(config: PoolConfig) -> Self {
         Self {
             inner: Arc::new(PoolState {
+                delegates: Delegates::new(config.delegate.clone()),
                 config,
                 workers: Mutex::new(HashMap::new()),
                 lifecycle: Arc::default(),
                 shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -125,11 +152,13 @@ impl WorkerPool {
         self.inner.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn start(&self, request: StartWorkerRequest) -> Result<u64, String> {
+    fn start(&self, request: StartWorkerRequest) -> Result<Started, String> {
         let state = &self.inner;
         if state.lifecycle.is_draining() {
             return Err("the worker pool is shutting down".into());
         }
+        check_request(&request)?;
+        let route = delegate::route(&request.params).map_err(|e| e.to_string())?;
         let worker_id = request.worker_id;
         let control_url = url_of(request.control_endpoint).ok_or(
             "StartWorkerRequest has no control_endpoint; the worker has nothing to connect to",
@@ -164,10 +193,14 @@ impl WorkerPool {
             logging_url,
             provision_url,
         };
+        if route == Route::Delegated {
+            // Counted against --max-workers like any other, from here on.
+            return Ok(Started::Delegated(spec, cancel));
+        }
         let pool = self.clone();
         let lifecycle = state.lifecycle.clone();
         let config = state.config.harness.clone();
-        tokio::spawn(async move {
+        state.tasks.spawn(async move {
             let worker_id = spec.worker_id.clone();
             if let Err(e) = control::run(spec, config, lifecycle, cancel).await {
                 error!(worker_id, error = %e, "worker ended with an error");
@@ -175,7 +208,31 @@ impl WorkerPool {
             pool.workers().remove(&serial);
             info!(worker_id, serial, "worker released");
         });
-        Ok(serial)
+        Ok(Started::Native(serial))
+    }
+
+    /// Starts the Python worker for a slot `start` reserved; the slot is
+    /// released when the process is gone, or at once if it never started.
+    async fn launch(&self, spec: WorkerSpec, cancel: CancellationToken) -> Result<u64, String> {
+        let serial = spec.serial;
+        let worker_id = spec.worker_id.clone();
+        let pool = self.clone();
+        let released_id = worker_id.clone();
+        // Not "worker released": that line means a native harness ended.
+        let release = move || {
+            pool.workers().remove(&serial);
+            info!(worker_id = released_id, serial, "Python worker slot freed");
+        };
+        match self.inner.delegates.launch(spec, cancel, release).await {
+            Ok(pid) => {
+                info!(worker_id, serial, pid, "Python SDK worker running");
+                Ok(serial)
+            }
+            Err(e) => {
+                self.workers().remove(&serial);
+                Err(e.to_string())
+            }
+        }
     }
 
     fn stop(&self, worker_id: &str) {
@@ -203,27 +260,73 @@ impl WorkerPool {
 
     /// Stops new work, waits up to `grace` for running bundles, then ends every worker.
     pub async fn shut_down(&self, grace: Duration) {
+        self.shut_down_by(Instant::now() + grace).await;
+    }
+
+    /// Stops new work and waits until `deadline` at the latest for running
+    /// bundles, then ends every worker and waits (again until `deadline`) for
+    /// the harnesses to send what they queued and close their streams.
+    pub async fn shut_down_by(&self, deadline: Instant) {
         let lifecycle = &self.inner.lifecycle;
         lifecycle.drain();
-        if tokio::time::timeout(grace, lifecycle.wait_idle())
+        if tokio::time::timeout_at(deadline, lifecycle.wait_idle())
             .await
             .is_err()
         {
             warn!(
                 instructions = lifecycle.in_flight.load(Ordering::Acquire),
-                grace_secs = grace.as_secs_f64(),
                 "grace period over; abandoning running bundles"
             );
         }
         self.inner.shutdown.cancel();
-        // Harness tasks deregister themselves once cancelled; give them a moment.
-        for _ in 0..50 {
-            if self.worker_count() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        if tokio::time::timeout_at(deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                workers = self.worker_count(),
+                "grace period over; abandoning workers still closing their streams"
+            );
         }
+        // Not bound by `deadline`: each Python worker gets its own SIGTERM
+        // grace and is then killed, and none may outlive the pool unreaped.
+        self.inner.delegates.wait_stopped().await;
     }
+}
+
+/// What must hold before anything of a request is used: the worker id goes
+/// into a gRPC header on every call (a runner waits forever for a worker whose
+/// calls cannot be sent) and into every log line.
+fn check_request(request: &StartWorkerRequest) -> Result<(), String> {
+    let id = &request.worker_id;
+    if id.len() > MAX_WORKER_ID_BYTES {
+        return Err(format!(
+            "worker_id is {} bytes long; at most {MAX_WORKER_ID_BYTES} are accepted (it is sent \
+             as a header on every call)",
+            id.len()
+        ));
+    }
+    // HTTP allows some non-ASCII header bytes, but runners read the id as an
+    // ASCII string (Python's and our stand-in's metadata reads fail otherwise).
+    let printable = id.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !printable || grpc::WorkerIdInterceptor::new(id).is_err() {
+        return Err(format!(
+            "worker_id {id:?} cannot be sent as a gRPC header (it must be printable ASCII, no \
+             control characters); runners identify every stream by it"
+        ));
+    }
+    let params = &request.params;
+    let params_bytes: usize = params.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if params.len() > MAX_PARAMS || params_bytes > MAX_PARAMS_BYTES {
+        return Err(format!(
+            "params has {} entries of {params_bytes} bytes; at most {MAX_PARAMS} entries and \
+             {MAX_PARAMS_BYTES} bytes are accepted",
+            params.len()
+        ));
+    }
+    Ok(())
 }
 
 fn url_of(endpoint: Option<ApiServiceDescriptor>) -> Option<String> {
@@ -250,9 +353,21 @@ impl BeamFnExternalWorkerPool for WorkerPool {
         request: Request<StartWorkerRequest>,
     ) -> Result<Response<StartWorkerResponse>, Status> {
         let request = request.into_inner();
-        let worker_id = request.worker_id.clone();
-        let error = match self.start(request) {
-            Ok(serial) => {
+        // Logged shortened: a refused id may be megabytes long or hold newlines.
+        let worker_id: String = request
+            .worker_id
+            .escape_debug()
+            .take(MAX_WORKER_ID_BYTES)
+            .collect();
+        let started = match self.start(request) {
+            // `launch` logs the Python worker's start itself.
+            Ok(Started::Delegated(spec, cancel)) => self.launch(spec, cancel).await.map(|_| None),
+            Ok(Started::Native(serial)) => Ok(Some(serial)),
+            Err(error) => Err(error),
+        };
+        let error = match started {
+            Ok(None) => String::new(),
+            Ok(Some(serial)) => {
                 info!(worker_id, serial, "starting worker");
                 String::new()
             }
@@ -281,27 +396,68 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), PoolError> {
     let grace = config.grace_period;
+    let kill = CancellationToken::new();
+    let incoming = net::incoming(
+        listener,
+        config.connections.clone(),
+        kill.clone(),
+        "worker pool",
+    );
     let pool = WorkerPool::new(config);
+    // Checked now so a pool without a usable Python says so before a pipeline needs it.
+    let checker = pool.clone();
+    tokio::spawn(async move { checker.inner.delegates.report_python().await });
     let service = BeamFnExternalWorkerPoolServer::new(pool.clone());
     let stopped = CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            nodelay_incoming(listener),
-            stopped.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
     let server = tokio::spawn(server);
     shutdown.await;
     info!("shutting down: refusing new workers and bundles");
+    let deadline = Instant::now() + grace;
     stopped.cancel();
-    pool.shut_down(grace).await;
-    match server.await {
-        Ok(result) => result?,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
+    pool.shut_down_by(deadline).await;
+    finish_server(server, deadline, &kill, "worker pool").await?;
     info!("worker pool stopped");
     Ok(())
 }
+
+/// Waits for a server that was told to stop until `deadline`, then closes the
+/// connections it still serves: an idle or half-open peer must not keep the
+/// process alive past its grace period.
+pub(crate) async fn finish_server<E>(
+    mut server: tokio::task::JoinHandle<Result<(), E>>,
+    deadline: Instant,
+    kill: &CancellationToken,
+    what: &'static str,
+) -> Result<(), E> {
+    let joined = match tokio::time::timeout_at(deadline, &mut server).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            warn!(
+                server = what,
+                "grace period over; closing connections peers still hold open"
+            );
+            kill.cancel();
+            match tokio::time::timeout(KILL_WAIT, &mut server).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    server.abort();
+                    return Ok(());
+                }
+            }
+        }
+    };
+    match joined {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// How long closed connections get to wind down after the grace period.
+const KILL_WAIT: Duration = Duration::from_millis(500);
 
 /// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay`
 /// setting does not apply to a listener passed in, and small gRPC messages

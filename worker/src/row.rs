@@ -12,6 +12,12 @@ use prost::Message;
 
 use crate::coders::Reader;
 
+/// Most values (list items, map keys and values, fields) one configuration
+/// may decode to. A Kafka configuration has a few dozen; each decoded value
+/// takes ~32 bytes or more, so one-byte entries repeated millions of times
+/// would otherwise inflate a request ~30x in memory.
+pub const MAX_VALUES: usize = 100_000;
+
 /// A decoded field value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -36,6 +42,8 @@ pub enum RowError {
     Truncated(usize),
     #[error("the row has {found} fields but its schema {expected}")]
     FieldCount { found: u64, expected: usize },
+    #[error("the configuration holds more than {MAX_VALUES} values; this is not a configuration")]
+    TooLarge,
 }
 
 /// The configuration's fields by name; absent and null fields are both missing.
@@ -126,7 +134,11 @@ fn wrong(field: &str, expected: &str, found: &Value) -> RowError {
 
 /// Decodes `bytes` as one row of `schema`.
 pub fn decode_row(schema: &Schema, bytes: &[u8]) -> Result<Config, RowError> {
-    let mut r = Cursor(Reader::new(bytes));
+    let mut r = Cursor {
+        r: Reader::new(bytes),
+        len: bytes.len(),
+        values: 0,
+    };
     let mut fields: Vec<_> = schema.fields.iter().collect();
     if schema.encoding_positions_set {
         fields.sort_by_key(|f| f.encoding_position);
@@ -163,30 +175,49 @@ pub fn decode_row(schema: &Schema, bytes: &[u8]) -> Result<Config, RowError> {
     Ok(Config(out))
 }
 
-/// The coders' byte reader, with errors worded for configuration.
-struct Cursor<'a>(Reader<'a>);
+/// The coders' byte reader, with errors worded for configuration and bounds
+/// on what the decoded values may hold.
+struct Cursor<'a> {
+    r: Reader<'a>,
+    /// Length of the whole row, to bound counts by the bytes left.
+    len: usize,
+    /// Values decoded so far, against [`MAX_VALUES`].
+    values: usize,
+}
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], RowError> {
-        let at = self.0.pos;
-        self.0.take(n).map_err(|_| RowError::Truncated(at))
+        let at = self.r.pos;
+        self.r.take(n).map_err(|_| RowError::Truncated(at))
     }
 
     fn varint(&mut self) -> Result<u64, RowError> {
-        let at = self.0.pos;
-        self.0.varint().map_err(|_| RowError::Truncated(at))
+        let at = self.r.pos;
+        self.r.varint().map_err(|_| RowError::Truncated(at))
     }
 
+    /// A collection's item count. Every item takes at least one byte, so a
+    /// count beyond the bytes left is malformed and refused before anything is
+    /// allocated for it.
     fn fixed_count(&mut self) -> Result<usize, RowError> {
+        let at = self.r.pos;
         let b = self.take(4)?;
         let n = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        usize::try_from(n).map_err(|_| RowError::Field {
+        let n = usize::try_from(n).map_err(|_| RowError::Field {
             field: String::new(),
             why: "collections of unknown size (-1 counts) are not supported".into(),
-        })
+        })?;
+        if n > self.len - self.r.pos {
+            return Err(RowError::Truncated(at));
+        }
+        Ok(n)
     }
 
     fn value(&mut self, ty: &FieldType) -> Result<Value, RowError> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(RowError::TooLarge);
+        }
         let unsupported = |what: &str| RowError::Field {
             field: String::new(),
             why: format!("{what} values are not supported in configuration"),
@@ -206,7 +237,7 @@ impl<'a> Cursor<'a> {
                 }
                 Ok(AtomicType::String) => {
                     let len = self.varint()? as usize;
-                    let at = self.0.pos;
+                    let at = self.r.pos;
                     let s = std::str::from_utf8(self.take(len)?)
                         .map_err(|_| RowError::Truncated(at))?;
                     Ok(Value::Str(s.to_owned()))
@@ -250,6 +281,10 @@ impl<'a> Cursor<'a> {
     /// Nested nullable values carry a one-byte presence marker.
     fn nullable(&mut self, ty: &FieldType) -> Result<Value, RowError> {
         if ty.nullable && self.take(1)?[0] == 0 {
+            self.values += 1;
+            if self.values > MAX_VALUES {
+                return Err(RowError::TooLarge);
+            }
             return Ok(Value::Null);
         }
         self.value(ty)
@@ -494,5 +529,37 @@ mod tests {
         let c = Config::from_payload(&payload).unwrap();
         assert_eq!(c.strings("topics").unwrap(), ["t1", "t2"]);
         assert!(Config::from_payload(&[0xff]).is_err());
+    }
+
+    /// Issue 12, defect 6: millions of one-byte entries must not decode to
+    /// gigabytes of values.
+    #[test]
+    fn huge_lists_of_tiny_entries_are_refused() {
+        let items = vec![""; MAX_VALUES + 1];
+        let payload = testing::payload(&[("topics", testing::str_list(&items))]);
+        let err = Config::from_payload(&payload).unwrap_err();
+        assert_eq!(err, RowError::TooLarge);
+        let fine = vec!["t"; 1000];
+        let payload = testing::payload(&[("topics", testing::str_list(&fine))]);
+        assert_eq!(
+            Config::from_payload(&payload)
+                .unwrap()
+                .strings("topics")
+                .unwrap()
+                .len(),
+            1000
+        );
+    }
+
+    #[test]
+    fn counts_beyond_the_bytes_left_are_refused_up_front() {
+        let mut payload = testing::payload(&[("topics", testing::str_list(&["a"]))]);
+        // Patch the list count (the only 0x00000001 run) to 2^31-1 items.
+        let at = payload
+            .windows(4)
+            .position(|w| w == [0, 0, 0, 1])
+            .expect("count present");
+        payload[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(Config::from_payload(&payload).is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::KafkaError;
+use super::beam_schema::{self, Inert, READ_INERT, WRITE_INERT};
 use crate::row::Config;
 
 const READ_FIELDS: &[&str] = &[
@@ -40,7 +41,7 @@ pub struct WriteConfig {
 impl ReadConfig {
     pub fn from_payload(payload: &[u8]) -> Result<Self, KafkaError> {
         let err = config_error(READ);
-        let c = load(payload, READ, READ_FIELDS)?;
+        let c = load(payload, READ, READ_FIELDS, READ_INERT)?;
         let consumer = c
             .string_map("consumer_config")
             .map_err(|e| err(e.to_string()))?;
@@ -81,7 +82,7 @@ impl ReadConfig {
 impl WriteConfig {
     pub fn from_payload(payload: &[u8]) -> Result<Self, KafkaError> {
         let err = config_error(WRITE);
-        let c = load(payload, WRITE, WRITE_FIELDS)?;
+        let c = load(payload, WRITE, WRITE_FIELDS, WRITE_INERT)?;
         let producer = c
             .string_map("producer_config")
             .map_err(|e| err(e.to_string()))?;
@@ -108,10 +109,25 @@ fn config_error(transform: &'static str) -> impl Fn(String) -> KafkaError {
 }
 
 /// Decodes the payload's Row and refuses fields the transform does not know.
-fn load(payload: &[u8], transform: &'static str, known: &[&str]) -> Result<Config, KafkaError> {
+///
+/// Beam's own schemas (`apache_beam.io.kafka`) add settings of Java's KafkaIO
+/// to ours; they are accepted at the values that leave them unused (see
+/// `beam_schema`), so one decoder serves our URNs and Beam's.
+fn load(
+    payload: &[u8],
+    transform: &'static str,
+    implemented: &[&'static str],
+    inert: &[Inert],
+) -> Result<Config, KafkaError> {
     let err = config_error(transform);
     let c = Config::from_payload(payload).map_err(|e| err(e.to_string()))?;
-    reject_unknown(&c, known).map_err(err)?;
+    let known: Vec<&str> = implemented
+        .iter()
+        .copied()
+        .chain(beam_schema::names(inert))
+        .collect();
+    reject_unknown(&c, &known).map_err(&err)?;
+    beam_schema::check(&c, inert).map_err(err)?;
     Ok(c)
 }
 

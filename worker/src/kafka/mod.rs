@@ -2,10 +2,15 @@
 //! inside the worker so a Kafka → echo → Kafka pipeline is one fused stage with
 //! no Java, no Docker and no records crossing back to the runner.
 
+mod beam_schema;
 mod config;
 mod read;
 mod write;
 
+pub use beam_schema::{
+    BEAM_KAFKA_READ_URN, BEAM_KAFKA_READ_WITH_METADATA_URN, BEAM_KAFKA_URNS, BEAM_KAFKA_WRITE_URN,
+    BEAM_KAFKA_WRITE_WITH_HEADERS_URN, refusal,
+};
 pub use config::{ReadConfig, WriteConfig};
 pub use read::{PendingCommit, ReadOutcome, read};
 pub use write::{Producers, Writer};

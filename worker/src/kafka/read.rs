@@ -233,9 +233,7 @@ fn start_offsets(
         for p in &partitions {
             tpl.add_partition(topic, *p);
         }
-        let committed = consumer
-            .committed_offsets(tpl, LOOKUP_TIMEOUT)
-            .map_err(|e| client("committed-offset look-up", bootstrap, e))?;
+        let committed = committed_offsets(consumer, &tpl, bootstrap)?;
         for (p, start) in &mut starts {
             if let Some(Offset::Offset(o)) = committed.find_partition(topic, *p).map(|e| e.offset())
             {
@@ -244,6 +242,41 @@ fn start_offsets(
         }
     }
     Ok(starts)
+}
+
+/// The group's committed offsets of `tpl`. Apache Kafka creates its offsets
+/// topic on a fresh cluster's first group look-up and answers "not
+/// coordinator" (or "loading") until that is done, a few seconds; those
+/// answers are retried until [`LOOKUP_TIMEOUT`] has passed. Runs on the
+/// blocking pool, like every synchronous librdkafka call here.
+fn committed_offsets(
+    consumer: &StreamConsumer,
+    tpl: &TopicPartitionList,
+    bootstrap: &str,
+) -> Result<TopicPartitionList, KafkaError> {
+    let deadline = std::time::Instant::now() + LOOKUP_TIMEOUT;
+    loop {
+        match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
+            Ok(committed) => return Ok(committed),
+            Err(e) if coordinator_not_ready(&e) && std::time::Instant::now() < deadline => {
+                debug!(error = %e, "group coordinator not ready yet; retrying");
+                std::thread::sleep(COORDINATOR_RETRY);
+            }
+            Err(e) => return Err(client("committed-offset look-up", bootstrap, e)),
+        }
+    }
+}
+
+const COORDINATOR_RETRY: Duration = Duration::from_millis(200);
+
+fn coordinator_not_ready(e: &RdKafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotCoordinator | Code::CoordinatorLoadInProgress | Code::CoordinatorNotAvailable
+        )
+    )
 }
 
 /// A record as KafkaIO emits it: processing-time timestamp, global window,
