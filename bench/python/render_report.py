@@ -204,7 +204,7 @@ def render(runs, kafka, extra_targets, smoke, worker_bin, raw_dir):
         rows.append([s, c("rust"), c("python")])
     lines += [table(["scenario", "rust", "python"], rows), ""]
     if kafka:
-        lines += ["## Kafka-fed echo (tansu broker, kcat in and out)", "",
+        lines += ["## Kafka-fed echo (Apache Kafka broker, kcat in and out)", "",
                   "kcat produced N keyed records to `echo-input`; `fnapi-loadgen kafka` consumed "
                   "them (rdkafka), sent 1000-record / 1 s bundles of KafkaIO-encoded elements "
                   "through the worker (4 in flight) and produced the output to `echo-output`; "

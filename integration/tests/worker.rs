@@ -1136,13 +1136,23 @@ async fn shutdown_lets_running_bundles_finish_and_refuses_new_ones() {
     assert!(waited.is_ok(), "the worker never started the held bundle");
 
     pool.begin_shutdown();
-    let refused = worker
-        .process_bundle(echo.bundle(chunks_of(&input, 100)))
-        .await
-        .unwrap();
-    let error = refused
-        .error()
-        .expect("a bundle after shutdown must be refused");
+    // The stop signal reaches the pool's task asynchronously: a bundle sent
+    // before the pool has seen it may still run. Once it has, bundles are refused.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let error = loop {
+        let answer = worker
+            .process_bundle(echo.bundle(chunks_of(&input, 100)))
+            .await
+            .unwrap();
+        if let Some(error) = answer.error() {
+            break error.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bundles were still accepted after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(error.contains("shutting down"), "{error}");
 
     worker.send_data(vec![beam_proto::fn_execution::elements::Data {
