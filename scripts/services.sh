@@ -40,6 +40,10 @@
 #                    tests expect; Kafka's own default is true)
 #   JAVA_EXPANSION_ENV        EMBEDDED (default, for Flink) | EXTERNAL
 #   JAVA_EXPANSION_ENV_CONFIG the EXTERNAL environment's address
+#   JAVA_EXPANSION_ARGS       more options for it (default --experiments=use_deprecated_read,
+#                    as the seed's tutorial starts it: without it KafkaIO expands to its SDF
+#                    read, which on Flink's portable runner delivers ~500 records every few
+#                    seconds); set it empty for KafkaIO's defaults
 #   PYTHON_POOL_DIR  working directory of the Python pool and its workers (default: the
 #                    caller's), where they import the pipeline's modules from
 #   READY_TIMEOUT    seconds to wait for a service to serve (default 180)
@@ -54,8 +58,9 @@ READY_TIMEOUT="${READY_TIMEOUT:-180}"
 CALLER_DIR="$PWD"
 SERVICES="kafka flink prism java-expansion python-pool"
 
-KAFKA_LIB="$CACHE/kafka-$KAFKA_VERSION/lib"
-BEAM_JAVA_LIB="$CACHE/beam-java-$BEAM_VERSION-flink-$FLINK_VERSION/lib"
+KAFKA_LIB="$CACHE/kafka-$KAFKA_VERSION-$(cksum <"$ROOT/scripts/maven/kafka.pom.xml" | cut -c1-8 | tr -d ' ')/lib"
+# Named after the POM's checksum too, so a changed POM resolves a fresh folder.
+BEAM_JAVA_LIB="$CACHE/beam-java-$BEAM_VERSION-flink-$FLINK_VERSION-$(cksum <"$ROOT/scripts/maven/beam-java.pom.xml" | cut -c1-8 | tr -d ' ')/lib"
 PRISM_BIN="$CACHE/go-$BEAM_VERSION/prism"
 BOOT_BIN="$CACHE/go-$BEAM_VERSION/container"
 
@@ -281,6 +286,8 @@ start_java_expansion() {
   local port env="${JAVA_EXPANSION_ENV:-EMBEDDED}" extra=()
   port="$(port_or_free "${JAVA_EXPANSION_PORT:-0}")"
   [[ -n "${JAVA_EXPANSION_ENV_CONFIG:-}" ]] && extra=("--defaultEnvironmentConfig=$JAVA_EXPANSION_ENV_CONFIG")
+  # shellcheck disable=SC2206 # options are words
+  extra+=(${JAVA_EXPANSION_ARGS---experiments=use_deprecated_read})
   mkdir -p "$STATE/java-expansion"
   launch java-expansion "$STATE/java-expansion" java -Xms128m -Xmx768m "${JAVA_LOG_OPTS[@]}" \
     -cp "$BEAM_JAVA_LIB/*" org.apache.beam.sdk.expansion.service.ExpansionService "$port" \

@@ -4,7 +4,9 @@
 # matrix against all three targets (our worker, Beam's Python worker pool, the
 # bare gRPC echo) and the Kafka-fed echo test against both workers. Checks
 # correctness only (every output byte equals the input, kcat sees echo-output
-# identical to echo-input); asserts no timings. Exits non-zero on any failure
+# identical to echo-input) and the Flink end-to-end benchmark's quick mode
+# (bench/e2e/run.py bench --quick: the seed's setup, Java KafkaIO + our KvEcho,
+# our fused Kafka stage, every record checked); asserts no timings. Exits non-zero on any failure
 # and then keeps its log folder (the path is printed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,20 @@ if [[ $status -ne 0 ]]; then
   fi
   exit 1
 fi
+# The Flink end-to-end benchmark's quick mode: the seed's setup (a), Java KafkaIO +
+# our KvEcho (b) and our fused Kafka stage (c), each with every record checked.
+e2e_status=0
+"$ROOT/.venv/bin/python" "$ROOT/bench/e2e/run.py" bench --quick --workdir "$out/e2e" \
+  >"$out/e2e.log" 2>&1 || e2e_status=$?
+passed="$(sed -E 's/^bench: ([0-9]+) passed, ([0-9]+) failed.*/\1/' <<<"$summary")"
+failed="$(sed -E 's/^bench: ([0-9]+) passed, ([0-9]+) failed.*/\2/' <<<"$summary")"
+if [[ $e2e_status -ne 0 ]]; then
+  tail -n 40 "$out/e2e.log" >&2
+  echo "smoke-bench: the Flink e2e quick run FAILED; log: $out/e2e.log" >&2
+  echo "smoke-bench: $passed passed, $((failed + 1)) failed"
+  exit 1
+fi
+tail -n 12 "$out/e2e.log"
 echo "smoke-bench OK in $(($(date +%s) - start)) s"
-echo "smoke-bench: ${summary#bench: }"
+echo "smoke-bench: $((passed + 1)) passed, $failed failed"
 rm -rf "$out"
