@@ -289,13 +289,15 @@ class Process:
 
 
 class RustWorker(Process):
-    def __init__(self, binary):
+    """The pool with its expansion service on free ports; `extra` flags added."""
+
+    def __init__(self, binary, *extra, name="rust-worker"):
         self.pool_port = free_port()
         self.expansion_port = free_port()
         self.pool_address = f"localhost:{self.pool_port}"
         self.expansion_address = f"localhost:{self.expansion_port}"
         super().__init__(
-            "rust-worker",
+            name,
             [
                 binary,
                 "--port", self.pool_port,
@@ -305,6 +307,7 @@ class RustWorker(Process):
                 # Python one) get Beam's SDK worker, run by this venv's Python.
                 "--python", sys.executable,
                 "--log-level", os.environ.get("BEAM_RUST_WORKER_LOG", "info"),
+                *extra,
             ],
         )
         self.wait_for_ports(self.pool_port, self.expansion_port)

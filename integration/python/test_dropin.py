@@ -23,7 +23,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_rust_worker import KvEcho
-from conftest import Process, free_port, portable
+from conftest import RustWorker, portable
 
 KV = beam.typehints.Tuple[bytes, bytes]
 KAFKA_READ_URN = "beam:transform:rust_worker:kafka_read:v1"
@@ -34,30 +34,14 @@ HERE = Path(__file__).resolve().parent
 STARTED = re.compile(r"started Python SDK worker.*?\bpid=(\d+)")
 
 
-class DropInPool(Process):
+class DropInPool(RustWorker):
     """The worker binary with `--python` set to this test's Python. The
     workers run in this directory, so the pickled functions of this module
     (and `conftest`) import there, as a pipeline's own modules would."""
 
     def __init__(self, binary):
-        self.pool_port = free_port()
-        self.expansion_port = free_port()
-        self.pool_address = f"localhost:{self.pool_port}"
-        self.expansion_address = f"localhost:{self.expansion_port}"
-        super().__init__(
-            "dropin-pool",
-            [
-                binary,
-                "--port", self.pool_port,
-                "--expansion-port", self.expansion_port,
-                "--advertise", self.pool_address,
-                "--python", sys.executable,
-                "--python-workdir", HERE,
-                "--python-stop-grace-secs", 5,
-                "--log-level", os.environ.get("BEAM_RUST_WORKER_LOG", "info"),
-            ],
-        )
-        self.wait_for_ports(self.pool_port, self.expansion_port)
+        super().__init__(binary, "--python-workdir", HERE, "--python-stop-grace-secs", 5,
+                         name="dropin-pool")
 
     def python_worker_pids(self, since=0):
         return [int(pid) for pid in STARTED.findall(self.output(since))]
