@@ -100,10 +100,11 @@ def test_python_steps_run_in_delegated_python_workers(pool):
     print(f"pipeline with delegated workers took {elapsed:.1f}s")
 
 
-def test_kv_echo_runs_natively_between_python_steps(pool):
-    mark = pool.mark()
+def run_echo_between_python_steps(pool, options):
+    """Create -> KvEcho -> Map(adds the worker's parent pid), checked: the
+    Python steps must run in workers whose parent is the pool."""
     pool_pid = pool.proc.pid
-    with beam.Pipeline(options=external(pool)) as p:
+    with beam.Pipeline(options=options) as p:
         out = (
             p
             | beam.Create([(b"a", b"1"), (b"b", b"2")]).with_output_types(KV)
@@ -111,6 +112,11 @@ def test_kv_echo_runs_natively_between_python_steps(pool):
             | beam.Map(lambda kv: (kv[0], kv[1] + b"!", os.getppid()))
         )
         assert_that(out, equal_to([(b"a", b"1!", pool_pid), (b"b", b"2!", pool_pid)]))
+
+
+def test_kv_echo_runs_natively_between_python_steps(pool):
+    mark = pool.mark()
+    run_echo_between_python_steps(pool, external(pool))
     log = pool.output(mark)
     assert pool.python_worker_pids(mark), f"no Python worker started:\n{log[-3000:]}"
     # Only the native harness plans stages (the echo travels as a ParDo).
@@ -186,18 +192,10 @@ def test_every_runner_starts_python_workers_through_the_pool(pool, runner):
     """The same drop-in on every runner the suite tests (Prism and Flink copy
     the environment's params into StartWorker as Beam's Python runner does)."""
     mark = pool.mark()
-    pool_pid = pool.proc.pid
     options = runner.options(
         "--environment_type=EXTERNAL", f"--environment_config={pool.pool_address}"
     )
-    with beam.Pipeline(options=options) as p:
-        out = (
-            p
-            | beam.Create([(b"a", b"1"), (b"b", b"2")]).with_output_types(KV)
-            | KvEcho(pool.expansion_address)
-            | beam.Map(lambda kv: (kv[0], kv[1] + b"!", os.getppid()))
-        )
-        assert_that(out, equal_to([(b"a", b"1!", pool_pid), (b"b", b"2!", pool_pid)]))
+    run_echo_between_python_steps(pool, options)
     log = pool.output(mark)
     assert pool.python_worker_pids(mark), f"no Python worker started:\n{log[-3000:]}"
     assert "stage planned" in log, log[-3000:]

@@ -503,30 +503,25 @@ async fn flush(outbox: &mut Outbox) -> Result<(), BundleError> {
     if outbox.entries.is_empty() {
         return Ok(());
     }
-    let data = std::mem::take(&mut outbox.entries);
-    outbox.bytes = 0;
-    outbox
-        .channel
-        .send(Elements {
-            data,
-            timers: vec![],
-        })
-        .await?;
+    let elements = take_elements(outbox);
+    outbox.channel.send(elements).await?;
     Ok(())
 }
 
 /// Sends what `outbox` holds and waits until the transport has taken it.
 async fn flush_confirmed(outbox: &mut Outbox) -> Result<(), BundleError> {
-    let data = std::mem::take(&mut outbox.entries);
-    outbox.bytes = 0;
-    outbox
-        .channel
-        .send_confirmed(Elements {
-            data,
-            timers: vec![],
-        })
-        .await?;
+    let elements = take_elements(outbox);
+    outbox.channel.send_confirmed(elements).await?;
     Ok(())
+}
+
+/// Empties `outbox` into one `Elements` message.
+fn take_elements(outbox: &mut Outbox) -> Elements {
+    outbox.bytes = 0;
+    Elements {
+        data: std::mem::take(&mut outbox.entries),
+        timers: vec![],
+    }
 }
 
 /// Pieces bound for one sink, by index into [`StagePlan::sinks`].
