@@ -31,6 +31,10 @@ def run(argv=None):
     parser.add_argument("--max_num_records", type=int, default=None,
                         help="stop after this many records (default: all "
                         "records present when the read starts)")
+    parser.add_argument("--unbounded", action="store_true",
+                        help="a streaming read that keeps waiting for new records "
+                        "(run it with --streaming on Flink); the default reads "
+                        "what is in the topic and ends")
     parser.add_argument("--no_commit", action="store_true",
                         help="do not commit the group's offsets when the runner "
                         "finalizes a bundle (Flink in batch mode cannot finalize "
@@ -52,6 +56,7 @@ def run(argv=None):
                 },
                 topics=[args.input_topic],
                 max_num_records=args.max_num_records,
+                stop_at_end=not args.unbounded,
                 commit_offset_in_finalize=not args.no_commit,
                 expansion_service=args.expansion_service)
             | "Echo" >> KvEcho(expansion_service=args.expansion_service)

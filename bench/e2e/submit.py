@@ -103,6 +103,8 @@ def main():
              | "ReadMessages" >> rkafka.ReadFromKafka(
                  consumer_config=consumer, topics=[args.input_topic],
                  commit_offset_in_finalize=True,
+                 # The backlog scenario reads what is there and ends.
+                 stop_at_end=True,
                  expansion_service=args.rust_expansion)
              | "KvEcho" >> KvEcho(expansion_service=args.rust_expansion)
              | "WriteToKafka" >> rkafka.WriteToKafka(

@@ -48,6 +48,9 @@ def echo_pipeline(p, worker, bootstrap, source, sink, group=None, producer=None,
     consumer = {"bootstrap.servers": bootstrap, "auto.offset.reset": "earliest"}
     if group:
         consumer["group.id"] = group
+    # These pipelines run to the end: a bounded read unless a test says otherwise.
+    if "max_num_records" not in read_args and "max_read_time" not in read_args:
+        read_args.setdefault("stop_at_end", True)
     _ = (
         p
         | ReadFromKafka(consumer_config=consumer, topics=[source],

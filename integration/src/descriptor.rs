@@ -254,7 +254,7 @@ pub fn pickled_python_pardo(input_pcollection: &str, output_pcollection: &str) -
             // Not a real pickle: the worker must refuse by URN without looking inside.
             payload: Bytes::from_static(b"\x80\x05\x95not-a-real-pickle"),
         }),
-        requests_finalization: false,
+        ..Default::default()
     };
     PTransform {
         spec: Some(FunctionSpec {

@@ -683,6 +683,7 @@ async fn other_instructions_get_benign_answers() {
         .instruction(Some(Request::ProcessBundleSplit(
             ProcessBundleSplitRequest {
                 instruction_id: id.clone(),
+                ..Default::default()
             },
         )))
         .await

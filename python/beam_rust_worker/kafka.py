@@ -12,10 +12,13 @@ acknowledged every record, and the read commits its consumer group's offsets
 bundle, i.e. after its output was taken. A failure before that re-reads the
 uncommitted records on the next run.
 
-The read is *bounded*: it stops at the end offsets it saw when it started, or
-after ``max_num_records`` records, or after ``max_read_time`` seconds. An
-unbounded (streaming) read needs a splittable read, which this worker does not
-implement yet.
+Like ``apache_beam.io.kafka.ReadFromKafka``, the read is *unbounded* (a
+streaming read that waits for new records for as long as the job runs) unless
+``max_num_records`` or ``max_read_time`` is given, or ``stop_at_end=True``
+(read to the end of each partition as the read gets there, then stop), which
+make it bounded. The unbounded read is a splittable DoFn: one element per
+partition, each read for about a second per bundle and handed back to the
+runner with the next offset and the watermark (processing time).
 """
 
 import typing
@@ -45,6 +48,7 @@ class _ReadConfig(typing.NamedTuple):
     max_num_records: typing.Optional[int]
     max_read_time: typing.Optional[int]
     commit_offset_in_finalize: bool
+    stop_at_end: bool
 
 
 class _WriteConfig(typing.NamedTuple):
@@ -65,7 +69,9 @@ def _unsupported(transform, **given):
 
 
 class ReadFromKafka(beam.PTransform):
-    """A bounded read of Kafka topics as ``(key, value)`` byte pairs.
+    """A read of Kafka topics as ``(key, value)`` byte pairs: unbounded
+    (streaming) by default, bounded with ``max_num_records``,
+    ``max_read_time`` or ``stop_at_end``.
 
     Keys and values are ``Optional[bytes]``: a record without a key (or a
     tombstone without a value) yields ``None``, like Java's KafkaIO with
@@ -79,6 +85,8 @@ class ReadFromKafka(beam.PTransform):
     :param topics: the topics to read, all partitions of each.
     :param max_num_records: stop after this many records.
     :param max_read_time: stop after this many seconds.
+    :param stop_at_end: stop at the end of each partition (a bounded read of
+        what is there; beam-rust-worker's own option).
     :param commit_offset_in_finalize: commit the group's offsets once the
         runner finalizes the bundle (at-least-once).
     :param expansion_service: ``host:port`` of beam-rust-worker's expansion
@@ -104,7 +112,8 @@ class ReadFromKafka(beam.PTransform):
         allow_duplicates=False,
         dynamic_read_poll_interval_seconds=None,
         consumer_factory_fn_class=None,
-        consumer_factory_fn_params=None):
+        consumer_factory_fn_params=None,
+        stop_at_end=False):
         super().__init__()
         _unsupported(
             "ReadFromKafka",
@@ -131,7 +140,8 @@ class ReadFromKafka(beam.PTransform):
             topics=list(topics),
             max_num_records=max_num_records,
             max_read_time=max_read_time,
-            commit_offset_in_finalize=bool(commit_offset_in_finalize))
+            commit_offset_in_finalize=bool(commit_offset_in_finalize),
+            stop_at_end=bool(stop_at_end))
         self._expansion_service = expansion_service or DEFAULT_EXPANSION_SERVICE
 
     def expand(self, pbegin):

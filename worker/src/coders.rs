@@ -61,6 +61,8 @@ pub enum CoderError {
          beam:coder:param_windowed_value:v1"
     )]
     ParamMismatch,
+    #[error("a value of shape {value} cannot be written with coder {coder}")]
+    Mismatch { coder: String, value: String },
 }
 
 /// How one side (key or value) of a KV is encoded.
@@ -315,7 +317,7 @@ fn resolve_component(
     }
 }
 
-fn resolve_window(
+pub(crate) fn resolve_window(
     id: &str,
     coders: &HashMap<String, Coder>,
 ) -> Result<WindowCoder, CoderResolveError> {
@@ -326,7 +328,7 @@ fn resolve_window(
     }
 }
 
-fn lookup<'a>(
+pub(crate) fn lookup<'a>(
     id: &str,
     coders: &'a HashMap<String, Coder>,
 ) -> Result<(&'a str, &'a Coder), CoderResolveError> {
@@ -337,7 +339,7 @@ fn lookup<'a>(
     Ok((urn, coder))
 }
 
-fn unsupported(id: &str, urn: &str, why: &str) -> CoderResolveError {
+pub(crate) fn unsupported(id: &str, urn: &str, why: &str) -> CoderResolveError {
     CoderResolveError::Unsupported {
         id: id.to_owned(),
         urn: if urn.is_empty() { "no URN" } else { urn }.to_owned(),
@@ -346,13 +348,13 @@ fn unsupported(id: &str, urn: &str, why: &str) -> CoderResolveError {
 }
 
 /// Length of the `timestamp | windows | pane` prefix at the start of `buf`.
-fn metadata_len(buf: &[u8], window: WindowCoder) -> Result<usize, CoderError> {
+pub(crate) fn metadata_len(buf: &[u8], window: WindowCoder) -> Result<usize, CoderError> {
     let mut r = Reader { buf, pos: 0 };
     skip_metadata(&mut r, window)?;
     Ok(r.pos)
 }
 
-fn skip_metadata(r: &mut Reader<'_>, window: WindowCoder) -> Result<(), CoderError> {
+pub(crate) fn skip_metadata(r: &mut Reader<'_>, window: WindowCoder) -> Result<(), CoderError> {
     r.take(8)?; // timestamp
     let count = u32::from_be_bytes(r.array::<4>()?);
     // A global window encodes to nothing, so its count needs no loop (and a
@@ -466,7 +468,7 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CoderError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CoderError> {
         let s = self.take(N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);

@@ -22,6 +22,10 @@ pub struct HarnessConfig {
     /// this long fails the connection, so the worker is released instead of
     /// waiting forever.
     pub connect_timeout: Duration,
+    /// Finalization callbacks (offset commits) of a bundle the runner has not
+    /// finalized after this long are dropped: Flink finalizes only on
+    /// completed checkpoints, and never without checkpointing.
+    pub finalization_ttl: Duration,
 }
 
 impl Default for HarnessConfig {
@@ -32,6 +36,7 @@ impl Default for HarnessConfig {
             max_pending_bytes: 1 << 30,
             pending_ttl: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            finalization_ttl: Duration::from_secs(600),
         }
     }
 }

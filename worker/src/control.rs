@@ -24,14 +24,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::bundle::{self, WorkerResources};
 use crate::config::HarnessConfig;
 use crate::data::DataChannels;
+use crate::engine::{self, Progress, WorkerResources};
+use crate::graph::{self, StageGraph};
 use crate::grpc::{EndpointError, WorkerChannel, worker_channel, worker_channel_with};
-use crate::kafka::{PendingCommit, Producers};
 use crate::logging;
-use crate::plan::{self, PlanError, StagePlan};
+use crate::ops::{Finalizer, Shared};
 use crate::pool::Lifecycle;
+use crate::registry::{self, PlanError};
 
 /// Responses queued for the control stream before instruction tasks wait.
 const RESPONSE_QUEUE: usize = 256;
@@ -63,7 +64,13 @@ pub enum HarnessError {
 }
 
 /// A descriptor, fetched once and planned once, shared by every bundle that uses it.
-type CachedPlan = Arc<Result<Arc<StagePlan>, PlanError>>;
+type CachedPlan = Arc<Result<Arc<StageGraph>, PlanError>>;
+
+/// Callbacks of finished bundles, waiting for the runner's `FinalizeBundle`.
+struct AwaitingFinalization {
+    since: std::time::Instant,
+    finalizers: Vec<Finalizer>,
+}
 
 struct Harness {
     spec: WorkerSpec,
@@ -71,9 +78,13 @@ struct Harness {
     control: BeamFnControlClient<WorkerChannel>,
     plans: Mutex<HashMap<String, Arc<OnceCell<CachedPlan>>>>,
     resources: WorkerResources,
-    /// Kafka offsets of finished bundles, committed when the runner finalizes them.
-    /// Never finalized (a failed job) means never committed: those records are read again.
-    pending_commits: Mutex<HashMap<String, Vec<PendingCommit>>>,
+    /// Finalization callbacks of finished bundles (Kafka offset commits, say),
+    /// run when the runner finalizes them. Never finalized (a failed job, or
+    /// Flink without checkpoints) means never run: they expire after
+    /// `finalization_ttl`, and what they would have committed is read again.
+    awaiting_finalization: Mutex<HashMap<String, AwaitingFinalization>>,
+    /// Bundles being processed, for progress requests.
+    running: Mutex<HashMap<String, Arc<Progress>>>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -111,9 +122,10 @@ pub async fn run(
         let harness = Arc::new(Harness {
             resources: WorkerResources {
                 channels,
-                producers: Producers::default(),
+                shared: Arc::new(Shared::default()),
             },
-            pending_commits: Mutex::new(HashMap::new()),
+            awaiting_finalization: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             spec,
             config,
             control,
@@ -215,15 +227,19 @@ impl Harness {
                 }
                 Ok(Response::Register(RegisterResponse {}))
             }
-            // No splitting, no bundle finalization and no short-id metrics here:
-            // runners accept these empty answers (Java and Python treat an empty
-            // split as "no split").
-            Some(Request::ProcessBundleProgress(_)) => Ok(Response::ProcessBundleProgress(
-                ProcessBundleProgressResponse::default(),
+            // Progress and split must always succeed: Prism stops watching a
+            // bundle after an error answer. Bundles are never split here (a
+            // Kafka partition has one reader); the empty answer means "no
+            // split" to every runner.
+            Some(Request::ProcessBundleProgress(p)) => Ok(Response::ProcessBundleProgress(
+                ProcessBundleProgressResponse {
+                    monitoring_infos: self.progress(&p.instruction_id),
+                    ..Default::default()
+                },
             )),
-            Some(Request::ProcessBundleSplit(_)) => {
-                Ok(Response::ProcessBundleSplit(ProcessBundleSplitResponse {}))
-            }
+            Some(Request::ProcessBundleSplit(_)) => Ok(Response::ProcessBundleSplit(
+                ProcessBundleSplitResponse::default(),
+            )),
             Some(Request::FinalizeBundle(f)) => self
                 .finalize(&f.instruction_id)
                 .await
@@ -265,19 +281,23 @@ impl Harness {
             return Err("the worker pool is shutting down and accepts no new bundles".into());
         }
         let plan = self.plan(&request.process_bundle_descriptor_id).await?;
-        let result = bundle::run(
+        let progress = Arc::new(Progress::default());
+        self.running_bundles()
+            .insert(instruction_id.to_owned(), progress.clone());
+        let result = engine::run(
             instruction_id,
             plan,
             &self.resources,
             &self.config,
             request.elements,
+            &progress,
         )
         .await;
+        self.running_bundles().remove(instruction_id);
         match result {
             Ok(outcome) => {
-                if !outcome.commits.is_empty() {
-                    self.commits()
-                        .insert(instruction_id.to_owned(), outcome.commits);
+                if !outcome.finalizers.is_empty() {
+                    self.await_finalization(instruction_id, outcome.finalizers);
                 }
                 Ok(outcome.response)
             }
@@ -303,26 +323,70 @@ impl Harness {
         result
     }
 
-    /// The runner has durably taken the bundle's output: commit what it read.
+    /// The runner has durably taken the bundle's output: run its callbacks.
+    /// An unknown (or expired) instruction is not an error: Prism finalizes
+    /// every bundle of a stage, and a finalization may come after expiry.
     async fn finalize(&self, instruction_id: &str) -> Result<(), String> {
-        let commits = self.commits().remove(instruction_id).unwrap_or_default();
-        for commit in commits {
-            commit
-                .commit()
+        let awaiting = self
+            .awaiting()
+            .remove(instruction_id)
+            .map(|a| a.finalizers)
+            .unwrap_or_default();
+        for finalizer in awaiting {
+            finalizer()
                 .await
                 .map_err(|e| format!("finalizing bundle {instruction_id}: {e}"))?;
         }
         Ok(())
     }
 
-    fn commits(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<PendingCommit>>> {
-        self.pending_commits
+    /// Keeps `finalizers` until the runner finalizes the bundle, dropping
+    /// those that waited longer than the configured expiry.
+    fn await_finalization(&self, instruction_id: &str, finalizers: Vec<Finalizer>) {
+        let now = std::time::Instant::now();
+        let ttl = self.config.finalization_ttl;
+        let mut awaiting = self.awaiting();
+        let before = awaiting.len();
+        awaiting.retain(|_, a| now.duration_since(a.since) < ttl);
+        let expired = before - awaiting.len();
+        if expired > 0 {
+            warn!(
+                expired,
+                ttl_secs = ttl.as_secs(),
+                "bundles were never finalized by the runner (no checkpoints?); their \
+                 finalization callbacks (offset commits) are dropped and that input will be \
+                 read again by the next job"
+            );
+        }
+        awaiting.insert(
+            instruction_id.to_owned(),
+            AwaitingFinalization {
+                since: now,
+                finalizers,
+            },
+        );
+    }
+
+    fn awaiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, AwaitingFinalization>> {
+        self.awaiting_finalization
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    fn running_bundles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Progress>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Progress of a running bundle; nothing for one that is not running.
+    fn progress(&self, instruction_id: &str) -> Vec<beam_proto::pipeline::MonitoringInfo> {
+        self.running_bundles()
+            .get(instruction_id)
+            .map(|p| p.monitoring_infos())
+            .unwrap_or_default()
+    }
+
     /// The plan for `descriptor_id`, fetching the descriptor once per worker.
-    async fn plan(&self, descriptor_id: &str) -> Result<Arc<StagePlan>, String> {
+    async fn plan(&self, descriptor_id: &str) -> Result<Arc<StageGraph>, String> {
         let cell = self.cell(descriptor_id);
         let cached = cell
             .get_or_try_init(|| async {
@@ -384,7 +448,7 @@ impl Harness {
 }
 
 fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
-    let plan = plan::build(descriptor).map(Arc::new);
+    let plan = graph::build(descriptor).map(Arc::new);
     match &plan {
         Ok(p) => {
             // Which transforms were fused into this stage is what a user (or a
@@ -393,7 +457,7 @@ fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
                 .transforms
                 .values()
                 .filter(|t| t.subtransforms.is_empty())
-                .map(plan::runs)
+                .map(registry::runs)
                 .collect();
             urns.sort_unstable();
             info!(descriptor = %p.descriptor_id, transforms = %urns.join(","), "stage planned");

@@ -32,12 +32,14 @@ use crate::kafka::{
     self, BEAM_KAFKA_READ_URN, BEAM_KAFKA_URNS, BEAM_KAFKA_WRITE_URN, KAFKA_READ_URN,
     KAFKA_WRITE_URN, ReadConfig, WriteConfig,
 };
-use crate::plan::PARDO_URN;
+use crate::registry::{self, PARDO_URN};
+use crate::value_coder;
 
-pub use crate::transforms::{KV_ECHO_URN, SUPPORTED_TRANSFORMS};
+pub use crate::transforms::KV_ECHO_URN;
 
 const IMPULSE_URN: &str = "beam:transform:impulse:v1";
 const FINALIZATION_REQUIREMENT: &str = "beam:requirement:pardo:finalization:v1";
+const SPLITTABLE_REQUIREMENT: &str = "beam:requirement:pardo:splittable_dofn:v1";
 const GLOBAL_WINDOWS_URN: &str = "beam:window_fn:global_windows:v1";
 /// An encoded `Trigger` whose `default` (field 7) is set: Beam's default trigger.
 const DEFAULT_TRIGGER: [u8; 2] = [0x3a, 0x00];
@@ -60,6 +62,11 @@ pub const CODER_CAPABILITIES: &[&str] = &[
     coders::INTERVAL_WINDOW_URN,
     coders::WINDOWED_VALUE_URN,
     coders::PARAM_WINDOWED_VALUE_URN,
+    // Off the hot path (the splittable read's restrictions and sizes).
+    value_coder::VARINT_URN,
+    value_coder::DOUBLE_URN,
+    value_coder::STRING_UTF8_URN,
+    value_coder::BOOL_URN,
 ];
 
 /// Default output tag when the request names none.
@@ -223,8 +230,8 @@ fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse
         // Beam's own Kafka URNs (apache_beam.io.kafka) become our read and
         // write: their Rows carry our fields, plus Java settings the decoder
         // accepts only where they change nothing (kafka::beam_schema). A
-        // ReadFromKafka without max_num_records/max_read_time is unbounded in
-        // Beam; here it is the bounded read until a streaming read exists.
+        // ReadFromKafka without max_num_records/max_read_time is unbounded,
+        // as in Beam.
         BEAM_KAFKA_READ_URN => request
             .into_native(KAFKA_READ_URN)
             .kafka_read()
@@ -239,7 +246,7 @@ fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse
                 "beam-rust-worker cannot expand transform '{}': unknown URN '{urn}'. \
                  Supported transform URNs: {}",
                 request.transform.unique_name,
-                SUPPORTED_TRANSFORMS
+                registry::user_facing_urns()
                     .iter()
                     .chain(BEAM_KAFKA_URNS)
                     .copied()
@@ -352,8 +359,12 @@ impl Request<'_> {
         )
     }
 
-    /// `Impulse` → read, like KafkaIO: the impulse starts one bounded read in
-    /// the worker, whose records are `KV<nullable bytes, nullable bytes>`.
+    /// `Impulse` → read, like KafkaIO. A bounded read (`max_num_records`,
+    /// `max_read_time` or `stop_at_end`) is one ParDo that the impulse starts;
+    /// any other is unbounded: `Impulse` → partitions → a splittable ParDo
+    /// reading one partition per element, which runners expand and
+    /// checkpoint (see `kafka::sdf`). Records are
+    /// `KV<nullable bytes, nullable bytes>` either way.
     fn kafka_read(self) -> Result<ExpansionResponse, String> {
         let name = self.name().to_owned();
         let config = ReadConfig::from_payload(self.payload())
@@ -364,24 +375,49 @@ impl Request<'_> {
                 self.transform.inputs.len()
             ));
         }
+        let bounded = config.is_bounded();
         let mut ids = self.ids();
-        let [bytes, nullable, kv, window] =
-            ["bytes", "nullable_bytes", "kv", "global_window"].map(|w| ids.fresh(w));
+        let [
+            bytes,
+            nullable,
+            kv,
+            window,
+            varint,
+            double,
+            range,
+            restriction,
+        ] = [
+            "bytes",
+            "nullable_bytes",
+            "kv",
+            "global_window",
+            "varint",
+            "double",
+            "offset_range",
+            "restriction",
+        ]
+        .map(|w| ids.fresh(w));
         let strategy_id = ids.fresh("global_windowing");
-        let [impulse_out, records] = ["impulse", "records"].map(|w| ids.fresh(w));
-        let [impulse_id, read_id] = ["Impulse", "Read"].map(|w| ids.fresh(w));
+        let [impulse_out, partitions_out, records] =
+            ["impulse", "partitions", "records"].map(|w| ids.fresh(w));
+        let [impulse_id, partitions_id, read_id] =
+            ["Impulse", "Partitions", "Read"].map(|w| ids.fresh(w));
         let env_id = ids.fresh("rust_worker_pool");
 
-        let coders = HashMap::from([
+        let mut coders = HashMap::from([
             (bytes.clone(), coder(coders::BYTES_URN, &[])),
             (nullable.clone(), coder(coders::NULLABLE_URN, &[&bytes])),
             (kv.clone(), coder(coders::KV_URN, &[&nullable, &nullable])),
             (window.clone(), coder(coders::GLOBAL_WINDOW_URN, &[])),
         ]);
-        let pcollection = |coder_id: &str, what: &str| PCollection {
+        let pcollection = |coder_id: &str, what: &str, bounded: bool| PCollection {
             unique_name: format!("{name}/{what}"),
             coder_id: coder_id.to_owned(),
-            is_bounded: is_bounded::Enum::Bounded as i32,
+            is_bounded: if bounded {
+                is_bounded::Enum::Bounded
+            } else {
+                is_bounded::Enum::Unbounded
+            } as i32,
             windowing_strategy_id: strategy_id.clone(),
         };
         let impulse = PTransform {
@@ -393,20 +429,94 @@ impl Request<'_> {
             unique_name: format!("{name}/Impulse"),
             ..Default::default()
         };
-        let read = PTransform {
-            spec: Some(as_pardo(
-                self.transform.spec.clone().unwrap_or_default(),
-                config.commit_offsets,
-            )),
-            inputs: HashMap::from([("impulse".to_owned(), impulse_out.clone())]),
-            outputs: HashMap::from([("out".to_owned(), records.clone())]),
-            unique_name: format!("{name}/Read"),
-            environment_id: env_id.clone(),
+        let config_payload = self.payload().to_vec();
+        let pardo =
+            |dofn_urn: &str, input: &str, output: &str, what: &str, payload: ParDoPayload| {
+                PTransform {
+                    spec: Some(FunctionSpec {
+                        urn: PARDO_URN.to_owned(),
+                        payload: ParDoPayload {
+                            do_fn: Some(FunctionSpec {
+                                urn: dofn_urn.to_owned(),
+                                payload: config_payload.clone().into(),
+                            }),
+                            ..payload
+                        }
+                        .encode_to_vec()
+                        .into(),
+                    }),
+                    inputs: HashMap::from([("in".to_owned(), input.to_owned())]),
+                    outputs: HashMap::from([("out".to_owned(), output.to_owned())]),
+                    unique_name: format!("{name}/{what}"),
+                    environment_id: env_id.clone(),
+                    ..Default::default()
+                }
+            };
+        let finalization = ParDoPayload {
+            requests_finalization: config.commit_offsets,
             ..Default::default()
         };
+        let mut transforms = HashMap::new();
+        let mut pcollections = HashMap::from([(
+            impulse_out.clone(),
+            pcollection(&bytes, "Impulse.out", true),
+        )]);
+        let mut requirements = Vec::new();
+        let subtransforms = if bounded {
+            transforms.insert(
+                read_id.clone(),
+                pardo(KAFKA_READ_URN, &impulse_out, &records, "Read", finalization),
+            );
+            pcollections.insert(records.clone(), pcollection(&kv, "Read.out", true));
+            vec![impulse_id.clone(), read_id.clone()]
+        } else {
+            coders.insert(varint.clone(), coder(value_coder::VARINT_URN, &[]));
+            coders.insert(double.clone(), coder(value_coder::DOUBLE_URN, &[]));
+            coders.insert(range.clone(), coder(coders::KV_URN, &[&varint, &varint]));
+            coders.insert(
+                restriction.clone(),
+                coder(coders::KV_URN, &[&range, &varint]),
+            );
+            transforms.insert(
+                partitions_id.clone(),
+                pardo(
+                    kafka::KAFKA_PARTITIONS_URN,
+                    &impulse_out,
+                    &partitions_out,
+                    "Partitions",
+                    ParDoPayload::default(),
+                ),
+            );
+            transforms.insert(
+                read_id.clone(),
+                pardo(
+                    kafka::KAFKA_READ_PARTITION_URN,
+                    &partitions_out,
+                    &records,
+                    "Read",
+                    ParDoPayload {
+                        restriction_coder_id: restriction.clone(),
+                        ..finalization
+                    },
+                ),
+            );
+            pcollections.insert(
+                partitions_out.clone(),
+                pcollection(&bytes, "Partitions.out", true),
+            );
+            pcollections.insert(records.clone(), pcollection(&kv, "Read.out", false));
+            requirements.push(SPLITTABLE_REQUIREMENT.to_owned());
+            vec![impulse_id.clone(), partitions_id.clone(), read_id.clone()]
+        };
+        transforms.insert(impulse_id, impulse);
+        if config.commit_offsets {
+            // Beam's Python runner refuses a ParDo that requests finalization
+            // unless the pipeline declares the requirement.
+            requirements.push(FINALIZATION_REQUIREMENT.to_owned());
+        }
         let output_tag = self.output_tag();
         let composite = PTransform {
-            subtransforms: vec![impulse_id.clone(), read_id.clone()],
+            subtransforms,
             outputs: HashMap::from([(output_tag, records.clone())]),
             inputs: HashMap::new(),
             environment_id: String::new(),
@@ -414,11 +524,8 @@ impl Request<'_> {
         };
         let mut expanded = response(
             Components {
-                transforms: HashMap::from([(impulse_id, impulse), (read_id, read)]),
-                pcollections: HashMap::from([
-                    (impulse_out.clone(), pcollection(&bytes, "Impulse.out")),
-                    (records.clone(), pcollection(&kv, "Read.out")),
-                ]),
+                transforms,
+                pcollections,
                 windowing_strategies: HashMap::from([(
                     strategy_id.clone(),
                     global_windowing(&window),
@@ -428,13 +535,7 @@ impl Request<'_> {
             },
             composite,
         );
-        if config.commit_offsets {
-            // Beam's Python runner refuses a ParDo that requests finalization
-            // unless the pipeline declares the requirement.
-            expanded
-                .requirements
-                .push(FINALIZATION_REQUIREMENT.to_owned());
-        }
+        expanded.requirements = requirements;
         Ok(expanded)
     }
 
@@ -574,6 +675,7 @@ fn as_pardo(spec: FunctionSpec, requests_finalization: bool) -> FunctionSpec {
         payload: ParDoPayload {
             do_fn: Some(spec),
             requests_finalization,
+            ..Default::default()
         }
         .encode_to_vec()
         .into(),
@@ -1002,6 +1104,7 @@ mod tests {
             ),
             ("topics", str_list(&["in"])),
             ("commit_offset_in_finalize", crate::row::Value::Bool(true)),
+            ("stop_at_end", crate::row::Value::Bool(true)),
         ]);
         let resp = expand(kafka_request(KAFKA_READ_URN, commit, false), POOL);
         assert!(resp.error.is_empty(), "{}", resp.error);
@@ -1023,6 +1126,7 @@ mod tests {
         req
     }
 
+    /// A bounded read (to the end of each partition).
     fn read_payload() -> Vec<u8> {
         use crate::row::testing::{payload, str_list, str_map};
         payload(&[
@@ -1031,7 +1135,66 @@ mod tests {
                 str_map(&[("bootstrap.servers", "127.0.0.1:9")]),
             ),
             ("topics", str_list(&["in"])),
+            ("stop_at_end", crate::row::Value::Bool(true)),
         ])
+    }
+
+    #[test]
+    fn an_unbounded_read_is_a_splittable_pardo_per_partition() {
+        use crate::row::testing::{payload, str_list, str_map};
+        let unbounded = payload(&[
+            (
+                "consumer_config",
+                str_map(&[("bootstrap.servers", "127.0.0.1:9"), ("group.id", "g")]),
+            ),
+            ("topics", str_list(&["in"])),
+            ("commit_offset_in_finalize", crate::row::Value::Bool(true)),
+        ]);
+        let resp = expand(kafka_request(BEAM_KAFKA_READ_URN, unbounded, false), POOL);
+        assert!(resp.error.is_empty(), "{}", resp.error);
+        let mut requirements = resp.requirements.clone();
+        requirements.sort();
+        assert_eq!(
+            requirements,
+            vec![
+                FINALIZATION_REQUIREMENT.to_owned(),
+                SPLITTABLE_REQUIREMENT.to_owned()
+            ]
+        );
+        let components = resp.components.unwrap();
+        let composite = resp.transform.unwrap();
+        let [impulse, partitions, read] =
+            [0, 1, 2].map(|i| &components.transforms[&composite.subtransforms[i]]);
+        assert_eq!(impulse.spec.as_ref().unwrap().urn, IMPULSE_URN);
+        assert_eq!(
+            dofn_of(partitions),
+            (kafka::KAFKA_PARTITIONS_URN.to_owned(), false)
+        );
+        assert_eq!(
+            dofn_of(read),
+            (kafka::KAFKA_READ_PARTITION_URN.to_owned(), true)
+        );
+        assert_eq!(
+            read.inputs.values().collect::<Vec<_>>(),
+            partitions.outputs.values().collect::<Vec<_>>()
+        );
+        // The restriction coder is KV(KV(varint, varint), varint): standard
+        // coders every runner can decode (Flink decodes residuals).
+        let pardo = ParDoPayload::decode(read.spec.as_ref().unwrap().payload.clone()).unwrap();
+        let restriction =
+            value_coder::ValueCoder::resolve(&pardo.restriction_coder_id, &components.coders)
+                .unwrap();
+        let varint = || Box::new(value_coder::ValueCoder::VarInt);
+        assert_eq!(
+            restriction,
+            value_coder::ValueCoder::Kv(
+                Box::new(value_coder::ValueCoder::Kv(varint(), varint())),
+                varint()
+            )
+        );
+        let records = &components.pcollections[read.outputs.values().next().unwrap()];
+        assert_eq!(records.is_bounded, is_bounded::Enum::Unbounded as i32);
+        assert_eq!(read.outputs, composite.outputs);
     }
 
     fn write_payload() -> Vec<u8> {

@@ -3,26 +3,30 @@
 //!
 //! Layout, one module per concern: [`pool`] serves `BeamFnExternalWorkerPool` and
 //! starts a [`control`] harness per worker; each harness fetches descriptors,
-//! turns them into a [`plan`], and runs bundles ([`bundle`]) whose elements
-//! flow over [`data`] channels through the [`transforms`], decoded by
-//! [`coders`]. [`metrics`] builds the monitoring infos the runner reads,
+//! turns them into a [`graph`] of operators ([`ops`]) found in the
+//! [`registry`], and runs bundles on the [`engine`], a chunk at a time, with
+//! elements arriving and leaving over [`data`] channels, decoded by
+//! [`coders`] (and [`value_coder`] off the hot path). [`metrics`] builds the monitoring infos the runner reads,
 //! [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
 //! our transforms to this pool, and [`delegate`] starts Beam's Python SDK
 //! worker for every other environment.
 
-pub mod bundle;
 pub mod coders;
 pub mod config;
 pub mod control;
 pub mod data;
 pub mod delegate;
+pub mod engine;
 pub mod expansion;
+pub mod graph;
 pub mod grpc;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
 pub mod net;
-pub mod plan;
+pub mod ops;
 pub mod pool;
+pub mod registry;
 pub mod row;
 pub mod transforms;
+pub mod value_coder;

@@ -9,15 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::coders::{CoderError, WireCoder};
 
-/// `KV<K, V>` in, the same out; no payload.
-pub const KV_ECHO_URN: &str = "beam:transform:rust_worker:kv_echo:v1";
-
-/// What users are told this worker can run.
-pub const SUPPORTED_TRANSFORMS: &[&str] = &[
-    KV_ECHO_URN,
-    crate::kafka::KAFKA_READ_URN,
-    crate::kafka::KAFKA_WRITE_URN,
-];
+pub use crate::ops::echo::KV_ECHO_URN;
 
 /// A malformed element, located within its bundle's input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,7 @@ const READ_FIELDS: &[&str] = &[
     "max_num_records",
     "max_read_time",
     "commit_offset_in_finalize",
+    "stop_at_end",
 ];
 const WRITE_FIELDS: &[&str] = &["producer_config", "topic"];
 
@@ -29,6 +30,9 @@ pub struct ReadConfig {
     pub max_read_time: Option<Duration>,
     /// Commit the consumer group's offsets once the runner finalizes the bundle.
     pub commit_offsets: bool,
+    /// Read to the end of each partition as the read gets there, then stop
+    /// (beam-rust-worker's own setting; Beam's schema has no such field).
+    pub stop_at_end: bool,
 }
 
 /// A write to one topic.
@@ -65,7 +69,12 @@ impl ReadConfig {
                 "`commit_offset_in_finalize` needs a `group.id` in `consumer_config`".into(),
             ));
         }
+        let stop_at_end = c
+            .bool("stop_at_end")
+            .map_err(|e| err(e.to_string()))?
+            .unwrap_or(false);
         Ok(Self {
+            stop_at_end,
             max_num_records: non_negative("max_num_records")?,
             max_read_time: non_negative("max_read_time")?.map(Duration::from_secs),
             consumer,
@@ -76,6 +85,13 @@ impl ReadConfig {
 
     pub fn bootstrap(&self) -> &str {
         bootstrap(&self.consumer)
+    }
+
+    /// A bounded read ends (at the end of each partition, after
+    /// `max_num_records` or after `max_read_time`); any other read is
+    /// unbounded, as `apache_beam.io.kafka.ReadFromKafka` is.
+    pub fn is_bounded(&self) -> bool {
+        self.stop_at_end || self.max_num_records.is_some() || self.max_read_time.is_some()
     }
 }
 

@@ -4,7 +4,9 @@
 
 mod beam_schema;
 mod config;
+pub mod ops;
 mod read;
+pub mod sdf;
 mod write;
 
 pub use beam_schema::{
@@ -17,6 +19,11 @@ pub use write::{Producers, Writer};
 
 /// Bounded read of Kafka topics into `KV<nullable bytes, nullable bytes>`.
 pub const KAFKA_READ_URN: &str = "beam:transform:rust_worker:kafka_read:v1";
+/// The unbounded read's first step: lists the topics' partitions (a DoFn
+/// URN inside a ParDo that the expansion service creates).
+pub const KAFKA_PARTITIONS_URN: &str = "beam:transform:rust_worker:kafka_partitions:v1";
+/// The unbounded read's splittable DoFn: reads one partition per element.
+pub const KAFKA_READ_PARTITION_URN: &str = "beam:transform:rust_worker:kafka_read_partition:v1";
 /// Writes `KV<bytes, bytes>` (keys and values may be null) to a Kafka topic.
 pub const KAFKA_WRITE_URN: &str = "beam:transform:rust_worker:kafka_write:v1";
 

@@ -13,18 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info};
 
 use super::{KafkaError, LOOKUP_TIMEOUT, ReadConfig, blocking, partitions_of};
 use crate::coders::{ElementParts, WireCoder, encode_timestamp};
+use crate::ops::{Chunk, Emitter};
 
 /// What a finished read leaves behind.
 pub struct ReadOutcome {
@@ -58,7 +58,7 @@ struct TopicRead {
     config: Arc<ReadConfig>,
     topic: String,
     wire: WireCoder,
-    out: mpsc::Sender<Bytes>,
+    out: Emitter,
     chunk_bytes: usize,
     /// Records the whole read may still emit (`max_num_records`), shared by topics.
     budget: Arc<AtomicU64>,
@@ -70,7 +70,7 @@ struct TopicRead {
 pub async fn read(
     config: &ReadConfig,
     wire: &WireCoder,
-    out: &mpsc::Sender<Bytes>,
+    out: &Emitter,
     chunk_bytes: usize,
 ) -> Result<ReadOutcome, KafkaError> {
     let config = Arc::new(config.clone());
@@ -128,6 +128,7 @@ impl TopicRead {
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut records = 0u64;
         let mut buf = BytesMut::with_capacity(self.chunk_bytes + 1024);
+        let mut in_buf = 0u64;
         while open > 0 && self.budget.load(Ordering::Acquire) > 0 {
             let received = match self.deadline {
                 Some(at) => match tokio::time::timeout_at(at, consumer.recv()).await {
@@ -153,13 +154,16 @@ impl TopicRead {
             }
             encode_record(&self.wire, message.key(), message.payload(), &mut buf)?;
             records += 1;
+            in_buf += 1;
             next.insert(message.partition(), message.offset() + 1);
-            if buf.len() >= self.chunk_bytes && self.out.send(buf.split().freeze()).await.is_err() {
+            if buf.len() >= self.chunk_bytes
+                && !self.out.send(take_chunk(&mut buf, &mut in_buf)).await
+            {
                 break; // the bundle is gone; nothing to deliver to
             }
         }
         if !buf.is_empty() {
-            let _ = self.out.send(buf.freeze()).await;
+            let _ = self.out.send(take_chunk(&mut buf, &mut in_buf)).await;
         }
         debug!(topic = %self.topic, records, "Kafka read finished");
         let commit = if self.config.commit_offsets && !next.is_empty() {
@@ -190,7 +194,7 @@ impl TopicRead {
     }
 }
 
-fn consumer(config: &ReadConfig) -> Result<StreamConsumer, KafkaError> {
+pub(super) fn consumer(config: &ReadConfig) -> Result<StreamConsumer, KafkaError> {
     let mut c = ClientConfig::new();
     // A bounded read ends by reaching each partition's end, which librdkafka
     // reports only after a fetch waited `fetch.wait.max.ms` (500 ms by default)
@@ -249,7 +253,7 @@ fn start_offsets(
 /// coordinator" (or "loading") until that is done, a few seconds; those
 /// answers are retried until [`LOOKUP_TIMEOUT`] has passed. Runs on the
 /// blocking pool, like every synchronous librdkafka call here.
-fn committed_offsets(
+pub(super) fn committed_offsets(
     consumer: &StreamConsumer,
     tpl: &TopicPartitionList,
     bootstrap: &str,
@@ -279,9 +283,17 @@ fn coordinator_not_ready(e: &RdKafkaError) -> bool {
     )
 }
 
+/// The encoded records gathered so far, as a chunk.
+pub(super) fn take_chunk(buf: &mut BytesMut, elements: &mut u64) -> Chunk {
+    Chunk {
+        bytes: buf.split().freeze(),
+        elements: std::mem::take(elements),
+    }
+}
+
 /// A record as KafkaIO emits it: processing-time timestamp, global window,
 /// no firing, `KV<nullable bytes, nullable bytes>`.
-fn encode_record(
+pub(super) fn encode_record(
     wire: &WireCoder,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
@@ -304,7 +316,11 @@ fn encode_record(
         .map_err(|e| KafkaError::Record(e.to_string()))
 }
 
-fn client(operation: &'static str, bootstrap: &str, e: rdkafka::error::KafkaError) -> KafkaError {
+pub(super) fn client(
+    operation: &'static str,
+    bootstrap: &str,
+    e: rdkafka::error::KafkaError,
+) -> KafkaError {
     KafkaError::Client {
         operation,
         bootstrap: bootstrap.to_owned(),

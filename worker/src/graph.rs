@@ -1,0 +1,165 @@
+//! Turns a `ProcessBundleDescriptor` into a [`StageGraph`]: one node per
+//! transform (its operator factory, from the [`registry`]), the consumers of
+//! each of its outputs, and the coder of every edge.
+//!
+//! Every transform is checked up front, so a stage holding anything this
+//! worker cannot run is refused with one message naming all of it. Whether a
+//! chunk can be forwarded untouched is decided here, once per descriptor: each
+//! planner sees the coders of its inputs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use beam_proto::fn_execution::ProcessBundleDescriptor;
+
+use crate::ops::{EdgeCoder, OperatorFactory};
+use crate::registry::{self, PlanContext, PlanError};
+
+/// One output port of a node.
+#[derive(Debug, Clone)]
+pub struct OutputPort {
+    pub pcollection: String,
+    pub coder: EdgeCoder,
+    /// Nodes that take this port's chunks.
+    pub consumers: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub transform_id: String,
+    pub factory: Arc<dyn OperatorFactory>,
+    pub outputs: Vec<OutputPort>,
+}
+
+/// An executable stage. Nodes are in topological order: every node comes
+/// after the producers of its inputs.
+#[derive(Debug)]
+pub struct StageGraph {
+    pub descriptor_id: String,
+    pub nodes: Vec<Node>,
+}
+
+impl StageGraph {
+    /// Runner data sources: (data URL, transform id, node).
+    pub fn sources(&self) -> Vec<(&str, &str, usize)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.factory.data_source().map(|(url, id)| (url, id, i)))
+            .collect()
+    }
+
+    /// Data URLs the stage reads its input from, each once.
+    pub fn input_urls(&self) -> Vec<&str> {
+        let mut urls: Vec<&str> = self.sources().into_iter().map(|(u, _, _)| u).collect();
+        urls.sort_unstable();
+        urls.dedup();
+        urls
+    }
+}
+
+/// A transform waiting for the coders of its inputs.
+struct Pending<'a> {
+    id: &'a str,
+    entry: &'static registry::Entry,
+    payload: bytes::Bytes,
+    pardo: Option<beam_proto::pipeline::ParDoPayload>,
+}
+
+/// Builds the graph, or says everything that stops this descriptor from running.
+pub fn build(descriptor: &ProcessBundleDescriptor) -> Result<StageGraph, PlanError> {
+    let mut pending = classify(descriptor)?;
+    let mut coders: HashMap<&str, EdgeCoder> = HashMap::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut node_of_pcoll: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut consumers_of: Vec<(usize, &str)> = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending.iter().position(|p| {
+            let t = &descriptor.transforms[p.id];
+            t.inputs.values().all(|pc| coders.contains_key(pc.as_str()))
+        });
+        let Some(index) = ready else {
+            let p = &pending[0];
+            return Err(PlanError::Malformed {
+                id: p.id.to_owned(),
+                why: "its input is produced by nothing in this stage (or by a cycle)".into(),
+            });
+        };
+        let p = pending.remove(index);
+        let t = &descriptor.transforms[p.id];
+        let inputs = registry::inputs_of(t)
+            .into_iter()
+            .map(|(name, pc)| (name.clone(), coders[pc.as_str()].clone()))
+            .collect();
+        let cx = PlanContext {
+            id: p.id,
+            transform: t,
+            descriptor,
+            payload: p.payload,
+            pardo: p.pardo,
+            inputs,
+        };
+        let planned = (p.entry.plan)(&cx)?;
+        let node = nodes.len();
+        let mut outputs = Vec::new();
+        for (port, (name, coder)) in planned.outputs.into_iter().enumerate() {
+            let Some(pcoll) = t.outputs.get(&name) else {
+                return Err(cx.malformed(format!(
+                    "planning named an output '{name}' it does not have"
+                )));
+            };
+            coders.insert(pcoll, coder.clone());
+            node_of_pcoll.insert(pcoll, (node, port));
+            outputs.push(OutputPort {
+                pcollection: pcoll.clone(),
+                coder,
+                consumers: Vec::new(),
+            });
+        }
+        for (_, pcoll) in registry::inputs_of(t) {
+            consumers_of.push((node, pcoll));
+        }
+        nodes.push(Node {
+            transform_id: p.id.to_owned(),
+            factory: planned.factory,
+            outputs,
+        });
+    }
+    for (consumer, pcoll) in consumers_of {
+        if let Some(&(producer, port)) = node_of_pcoll.get(pcoll) {
+            nodes[producer].outputs[port].consumers.push(consumer);
+        }
+    }
+    Ok(StageGraph {
+        descriptor_id: descriptor.id.clone(),
+        nodes,
+    })
+}
+
+/// Finds the registry entry of every leaf transform, naming all that have none.
+fn classify(descriptor: &ProcessBundleDescriptor) -> Result<Vec<Pending<'_>>, PlanError> {
+    let mut ids: Vec<&String> = descriptor.transforms.keys().collect();
+    ids.sort();
+    let mut pending = Vec::new();
+    let mut unsupported = Vec::new();
+    for id in ids {
+        let t = &descriptor.transforms[id];
+        let (step, urn, payload, pardo) = registry::identify(t);
+        match registry::lookup(step, &urn) {
+            Some(entry) => pending.push(Pending {
+                id,
+                entry,
+                payload,
+                pardo,
+            }),
+            // Composites are listed beside their parts; only leaves run.
+            None if !t.subtransforms.is_empty() => {}
+            None => unsupported.push(registry::describe(id, t)),
+        }
+    }
+    if unsupported.is_empty() {
+        Ok(pending)
+    } else {
+        Err(PlanError::UnsupportedTransforms(unsupported))
+    }
+}
