@@ -52,6 +52,9 @@ const IDLE_DELAY: Duration = Duration::from_secs(1);
 /// Records read but not yet sent wait at most this long for more, so a
 /// trickle of records still reaches the sink promptly.
 const LINGER: Duration = Duration::from_millis(5);
+/// ... and records arriving steadily are sent at least this often: latency
+/// stays in milliseconds without making chunks of a few records each.
+const MAX_BUFFER_AGE: Duration = Duration::from_millis(20);
 /// Restriction start meaning "not resolved yet".
 const UNRESOLVED: i64 = -1;
 /// Beam's minimum timestamp, in milliseconds: the initial watermark.
@@ -441,6 +444,7 @@ impl PartitionRead {
         let mut records = 0u64;
         let mut buf = BytesMut::with_capacity(self.chunk_bytes.min(1 << 20) + 1024);
         let mut in_buf = 0u64;
+        let mut buffered_since = Instant::now();
         while next < self.sized.end {
             let wait_until = if buf.is_empty() {
                 deadline
@@ -453,13 +457,16 @@ impl PartitionRead {
                     if message.offset() < next {
                         continue; // already read (a seek can replay)
                     }
+                    if buf.is_empty() {
+                        buffered_since = Instant::now();
+                    }
                     encode_record(&self.wire, message.key(), message.payload(), &mut buf)?;
                     next = message.offset() + 1;
                     records += 1;
                     in_buf += 1;
-                    if buf.len() >= self.chunk_bytes
-                        && !self.out.send(take_chunk(&mut buf, &mut in_buf)).await
-                    {
+                    let due =
+                        buf.len() >= self.chunk_bytes || buffered_since.elapsed() >= MAX_BUFFER_AGE;
+                    if due && !self.out.send(take_chunk(&mut buf, &mut in_buf)).await {
                         break;
                     }
                 }
