@@ -98,13 +98,23 @@ pub async fn run(
     embedded: Option<Elements>,
     progress: &Progress,
 ) -> Result<BundleOutcome, BundleError> {
-    let mut engine = Engine::new(instruction_id, graph, resources, config, progress)?;
-    let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
+    let engine = Engine::new(instruction_id, graph, resources, config, progress)?;
+    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
     let _registration = register_inputs(instruction_id, &engine.graph, &resources.channels, tx)?;
+    drive(engine, rx, config.flush_interval, embedded).await
+}
+
+/// Runs a bundle whose runner input arrives on `rx`, to its response.
+async fn drive(
+    mut engine: Engine<'_>,
+    mut rx: mpsc::Receiver<Inbound>,
+    flush_interval: Option<Duration>,
+    embedded: Option<Elements>,
+) -> Result<BundleOutcome, BundleError> {
     for data in embedded.into_iter().flat_map(|e| e.data) {
         engine.on_data(data).await?;
     }
-    let mut ticker = config.flush_interval.map(interval);
+    let mut ticker = flush_interval.map(interval);
     let mut task_rx = engine.task_rx.take().ok_or(BundleError::InputClosed)?;
     while !engine.input_complete() || !engine.tasks.is_empty() {
         tokio::select! {
@@ -287,7 +297,16 @@ impl<'a> Engine<'a> {
     }
 
     /// Counts a chunk on its edge and queues it for every consumer.
-    fn route(&self, node: usize, port: usize, chunk: Chunk, queue: &mut VecDeque<(usize, Chunk)>) {
+    fn route(
+        &mut self,
+        node: usize,
+        port: usize,
+        chunk: Chunk,
+        queue: &mut VecDeque<(usize, Chunk)>,
+    ) {
+        if let Some(c) = self.counts[node].get_mut(port) {
+            *c += chunk.elements;
+        }
         if let Some(count) = self.source_counts.get(&node) {
             count.fetch_add(chunk.elements, Ordering::Relaxed);
         }
@@ -305,7 +324,6 @@ impl<'a> Engine<'a> {
         while let Some((node, chunk)) = queue.pop_front() {
             let emitted = self.call(node, Call::Process(chunk)).await?;
             for (port, chunk) in emitted {
-                self.counts[node][port] += chunk.elements;
                 self.route(node, port, chunk, &mut queue);
             }
         }
@@ -372,7 +390,6 @@ impl<'a> Engine<'a> {
             let emitted = self.call(node, Call::Finish).await?;
             let mut queue = VecDeque::new();
             for (port, chunk) in emitted {
-                self.counts[node][port] += chunk.elements;
                 self.route(node, port, chunk, &mut queue);
             }
             self.deliver(queue).await?;
@@ -425,4 +442,368 @@ impl<'a> Engine<'a> {
 enum Call {
     Process(Chunk),
     Finish,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::graph::{Node, OutputPort};
+    use crate::ops::{EdgeCoder, OperatorFactory};
+
+    /// What the test operators saw, in order.
+    #[derive(Default, Debug)]
+    struct Seen {
+        events: Mutex<Vec<String>>,
+        chunks: Mutex<Vec<Bytes>>,
+        flushes: Mutex<u32>,
+    }
+
+    impl Seen {
+        fn log(&self, e: impl Into<String>) {
+            self.events.lock().unwrap().push(e.into());
+        }
+        fn events(&self) -> Vec<String> {
+            self.events.lock().unwrap().clone()
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        /// A runner source: forwards what arrives.
+        Source,
+        /// Records chunks; finishing logs.
+        Collect,
+        /// Spawns a task per chunk that emits three chunks with a pause,
+        /// then returns a residual and a finalizer.
+        Spawner,
+        /// Emits one chunk when finishing.
+        EmitOnFinish,
+        /// Fails on its first chunk.
+        Fail,
+    }
+
+    #[derive(Debug)]
+    struct TestFactory {
+        name: &'static str,
+        kind: Kind,
+        seen: Arc<Seen>,
+    }
+
+    impl OperatorFactory for TestFactory {
+        fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
+            Ok(Box::new(TestOp {
+                name: self.name,
+                kind: self.kind,
+                seen: self.seen.clone(),
+            }))
+        }
+
+        fn data_source(&self) -> Option<(&str, &str)> {
+            matches!(self.kind, Kind::Source).then_some(("unused", self.name))
+        }
+    }
+
+    struct TestOp {
+        name: &'static str,
+        kind: Kind,
+        seen: Arc<Seen>,
+    }
+
+    #[async_trait]
+    impl Operator for TestOp {
+        async fn process(&mut self, input: Chunk, cx: &mut Context<'_>) -> Result<(), OpError> {
+            match self.kind {
+                Kind::Source => cx.emit(
+                    0,
+                    Chunk {
+                        elements: input.bytes.len() as u64,
+                        ..input
+                    },
+                ),
+                Kind::Collect | Kind::EmitOnFinish => {
+                    self.seen
+                        .log(format!("{} got {:?}", self.name, input.bytes));
+                    self.seen.chunks.lock().unwrap().push(input.bytes);
+                }
+                Kind::Spawner => {
+                    let out = cx.emitter(0);
+                    cx.spawn(async move {
+                        for part in [&b"t1"[..], b"t2", b"t3"] {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            out.send(Chunk {
+                                bytes: Bytes::from_static(part),
+                                elements: 1,
+                            })
+                            .await;
+                        }
+                        let finalized: Finalizer = Box::new(|| Box::pin(async { Ok(()) }));
+                        Ok(TaskOutcome {
+                            residuals: vec![Default::default()],
+                            finalizers: vec![finalized],
+                        })
+                    });
+                }
+                Kind::Fail => return Err(OpError::failed("refused")),
+            }
+            Ok(())
+        }
+
+        async fn finish(&mut self, cx: &mut Context<'_>) -> Result<(), OpError> {
+            self.seen.log(format!("{} finish", self.name));
+            if let Kind::EmitOnFinish = self.kind {
+                cx.emit(
+                    0,
+                    Chunk {
+                        bytes: Bytes::from_static(b"last"),
+                        elements: 1,
+                    },
+                );
+            }
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Result<(), OpError> {
+            *self.seen.flushes.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    fn wire() -> EdgeCoder {
+        EdgeCoder::Wire(crate::coders::WireCoder {
+            framing: crate::coders::Framing::Windowed,
+            window: crate::coders::WindowCoder::Global,
+            element: crate::coders::ElementCoder::Bytes,
+        })
+    }
+
+    /// Nodes in order, each (name, kind, consumers of its one output).
+    fn graph(seen: &Arc<Seen>, nodes: &[(&'static str, Kind, &[usize])]) -> Arc<StageGraph> {
+        Arc::new(StageGraph {
+            descriptor_id: "d".into(),
+            nodes: nodes
+                .iter()
+                .map(|(name, kind, consumers)| Node {
+                    transform_id: name.to_string(),
+                    factory: Arc::new(TestFactory {
+                        name,
+                        kind: *kind,
+                        seen: seen.clone(),
+                    }),
+                    outputs: vec![OutputPort {
+                        pcollection: format!("{name}.out"),
+                        coder: wire(),
+                        consumers: consumers.to_vec(),
+                    }],
+                })
+                .collect(),
+        })
+    }
+
+    fn data(transform: &str, bytes: &'static [u8], is_last: bool) -> Inbound {
+        Inbound::Data(elements::Data {
+            instruction_id: "i".into(),
+            transform_id: transform.into(),
+            data: Bytes::from_static(bytes),
+            is_last,
+        })
+    }
+
+    async fn run_graph(
+        graph: Arc<StageGraph>,
+        input: Vec<Inbound>,
+        flush_interval: Option<Duration>,
+    ) -> Result<BundleOutcome, BundleError> {
+        let config = HarnessConfig::default();
+        let resources = WorkerResources {
+            channels: DataChannels::new("w", &config, CancellationToken::new()),
+            shared: Arc::new(Shared::default()),
+        };
+        let progress = Progress::default();
+        let engine = Engine::new("i", graph, &resources, &config, &progress)?;
+        let (tx, rx) = mpsc::channel(16);
+        for item in input {
+            tx.send(item).await.unwrap();
+        }
+        drive(engine, rx, flush_interval, None).await
+    }
+
+    fn count_of(outcome: &BundleOutcome, pcollection: &str) -> Option<Vec<u8>> {
+        outcome
+            .response
+            .monitoring_infos
+            .iter()
+            .find(|m| m.labels.get("PCOLLECTION").map(String::as_str) == Some(pcollection))
+            .map(|m| m.payload.to_vec())
+    }
+
+    #[tokio::test]
+    async fn fan_out_hands_every_consumer_the_same_bytes() {
+        let seen = Arc::new(Seen::default());
+        let g = graph(
+            &seen,
+            &[
+                ("src", Kind::Source, &[1, 2]),
+                ("a", Kind::Collect, &[]),
+                ("b", Kind::Collect, &[]),
+            ],
+        );
+        let outcome = run_graph(
+            g,
+            vec![data("src", b"abc", false), data("src", b"", true)],
+            None,
+        )
+        .await
+        .unwrap();
+        let chunks = seen.chunks.lock().unwrap().clone();
+        assert_eq!(chunks.len(), 2);
+        // Zero-copy: both consumers hold the same buffer.
+        assert_eq!(chunks[0].as_ptr(), chunks[1].as_ptr());
+        assert_eq!(
+            seen.events(),
+            [
+                "a got b\"abc\"",
+                "b got b\"abc\"",
+                "src finish",
+                "a finish",
+                "b finish"
+            ]
+        );
+        assert_eq!(count_of(&outcome, "src.out"), Some(vec![3]));
+        assert!(outcome.response.residual_roots.is_empty());
+        assert!(!outcome.response.requires_finalization);
+    }
+
+    #[tokio::test]
+    async fn tasks_output_residuals_and_finalizers_reach_the_response() {
+        let seen = Arc::new(Seen::default());
+        let g = graph(
+            &seen,
+            &[
+                ("src", Kind::Source, &[1]),
+                ("spawn", Kind::Spawner, &[2]),
+                ("sink", Kind::Collect, &[]),
+            ],
+        );
+        // The input ends at once; the bundle still waits for the task.
+        let outcome = run_graph(g, vec![data("src", b"x", true)], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.events(),
+            [
+                "sink got b\"t1\"",
+                "sink got b\"t2\"",
+                "sink got b\"t3\"",
+                "src finish",
+                "spawn finish",
+                "sink finish"
+            ]
+        );
+        assert_eq!(outcome.response.residual_roots.len(), 1);
+        assert!(outcome.response.requires_finalization);
+        assert_eq!(outcome.finalizers.len(), 1);
+        assert_eq!(count_of(&outcome, "spawn.out"), Some(vec![3]));
+    }
+
+    #[tokio::test]
+    async fn what_a_finish_emits_reaches_downstream_before_it_finishes() {
+        let seen = Arc::new(Seen::default());
+        let g = graph(
+            &seen,
+            &[
+                ("src", Kind::Source, &[1]),
+                ("up", Kind::EmitOnFinish, &[2]),
+                ("down", Kind::Collect, &[]),
+            ],
+        );
+        run_graph(g, vec![data("src", b"", true)], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.events(),
+            [
+                "src finish",
+                "up finish",
+                "down got b\"last\"",
+                "down finish"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_time_based_flush_runs_while_tasks_produce() {
+        let seen = Arc::new(Seen::default());
+        let g = graph(
+            &seen,
+            &[
+                ("src", Kind::Source, &[1]),
+                ("spawn", Kind::Spawner, &[2]),
+                ("sink", Kind::Collect, &[]),
+            ],
+        );
+        run_graph(
+            g,
+            vec![data("src", b"x", true)],
+            Some(Duration::from_millis(5)),
+        )
+        .await
+        .unwrap();
+        // The task takes about 60 ms; every operator is flushed on each tick.
+        assert!(*seen.flushes.lock().unwrap() >= 3, "{:?}", seen.flushes);
+
+        let seen = Arc::new(Seen::default());
+        let g = graph(
+            &seen,
+            &[("src", Kind::Source, &[1]), ("spawn", Kind::Spawner, &[])],
+        );
+        run_graph(g, vec![data("src", b"x", true)], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            *seen.flushes.lock().unwrap(),
+            0,
+            "no interval, no timed flush"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_operator_failure_names_its_transform() {
+        let seen = Arc::new(Seen::default());
+        let g = graph(
+            &seen,
+            &[("src", Kind::Source, &[1]), ("bad", Kind::Fail, &[])],
+        );
+        let e = run_graph(g, vec![data("src", b"x", true)], None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "transform 'bad': refused");
+    }
+
+    #[tokio::test]
+    async fn data_for_an_unknown_port_or_after_is_last_fails_the_bundle() {
+        let seen = Arc::new(Seen::default());
+        let nodes: &[(&'static str, Kind, &[usize])] = &[("src", Kind::Source, &[])];
+        let e = run_graph(graph(&seen, nodes), vec![data("other", b"x", true)], None)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(&e, BundleError::UnknownTransform(t) if t == "other"));
+        let two = vec![data("src", b"", true), data("src", b"x", false)];
+        let g = graph(
+            &seen,
+            &[("src", Kind::Source, &[]), ("src2", Kind::Source, &[])],
+        );
+        let e = run_graph(g, two, None).await.err().unwrap();
+        assert!(
+            matches!(&e, BundleError::DataAfterLast(t) if t == "src"),
+            "{e}"
+        );
+    }
 }

@@ -75,6 +75,14 @@ struct Cli {
     #[arg(long, default_value_t = 1 << 30)]
     max_pending_bytes: usize,
 
+    /// Seconds a finished bundle's finalization callbacks (Kafka offset
+    /// commits) wait for the runner's FinalizeBundle before they are dropped
+    /// (logged). Flink finalizes only after completed checkpoints, and never
+    /// without checkpointing; dropped commits mean the next job with the same
+    /// group reads those records again (at-least-once holds).
+    #[arg(long, default_value_t = 600)]
+    finalization_expiry_secs: u64,
+
     /// On SIGTERM/Ctrl-C, seconds running bundles get to finish before exit.
     #[arg(long, default_value_t = 30)]
     grace_secs: u64,
@@ -150,6 +158,7 @@ async fn main() -> Result<()> {
             flush_bytes: cli.flush_bytes,
             flush_interval: (cli.flush_millis > 0).then(|| Duration::from_millis(cli.flush_millis)),
             max_pending_bytes: cli.max_pending_bytes,
+            finalization_ttl: Duration::from_secs(cli.finalization_expiry_secs),
             ..HarnessConfig::default()
         },
         delegate: DelegateConfig {
