@@ -291,9 +291,10 @@ class Process:
 class RustWorker(Process):
     """The pool with its expansion service on free ports; `extra` flags added."""
 
-    def __init__(self, binary, *extra, name="rust-worker"):
-        self.pool_port = free_port()
-        self.expansion_port = free_port()
+    def __init__(self, binary, *extra, name="rust-worker", ports=None):
+        # Fixed `ports` (pool, expansion) let a test restart a pool where the
+        # runner expects it.
+        self.pool_port, self.expansion_port = ports or (free_port(), free_port())
         self.pool_address = f"localhost:{self.pool_port}"
         self.expansion_address = f"localhost:{self.expansion_port}"
         super().__init__(

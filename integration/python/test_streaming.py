@@ -55,7 +55,7 @@ with beam.Pipeline(options=PipelineOptions(sys.argv[6:])) as p:
 class StreamingJob:
     """A running streaming echo job on `runner`, stopped by `stop()`."""
 
-    def __init__(self, runner, worker, bootstrap, source, sink, group):
+    def __init__(self, runner, worker, bootstrap, source, sink, group, extra_args=()):
         self.runner = runner
         args = [a for a in runner.args()
                 if not a.startswith(("--shutdown_sources_after_idle_ms",
@@ -66,6 +66,7 @@ class StreamingJob:
             # 2.62: nothing flushes it once the impulse's input has ended), so
             # the first checkpoint must come after that bundle. The seed uses 60 s.
             args.append("--checkpointing_interval=5000")
+        args += list(extra_args)
         if runner.name == "prism":
             args.append("--streaming")
         self.args = [bootstrap, source, sink, group, worker.expansion_address] + args
@@ -98,7 +99,9 @@ class StreamingJob:
         else:
             assert not PipelineState.is_terminal(self.result.state), self.result.state
 
-    def stop(self):
+    def stop(self, keep_runner=False):
+        """Ends the job; on Flink also stops the job server (see the module
+        doc) unless `keep_runner`, which leaves an orphaned job reading."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(30)
@@ -107,7 +110,7 @@ class StreamingJob:
             self.result.cancel()
         except Exception as e:  # a job that already failed cannot be cancelled
             print(f"cancel: {e}")
-        if self.runner.is_flink:
+        if self.runner.is_flink and not keep_runner:
             # Beam 2.62's Flink job server keeps an embedded job running after
             # CANCELLED; later tests start a fresh one.
             self.runner.services.stop("flink")
