@@ -114,6 +114,7 @@ case "$cmd" in
   install) install ;;
   start) start ;;
   stop) stop ;;
+  restart) services restart-kafka | tail -n 1 ;;
   kcat) kcat_ -b "$(broker)" "$@" ;;
   topic) services topic "$1" "${2:-4}" ;;
   echo-test) echo_test "$@" ;;

@@ -11,6 +11,7 @@
 #   scripts/services.sh stop NAME         stop what `start` started (by its PID / process
 #                                         group: SIGTERM, SIGKILL after 15 s)
 #   scripts/services.sh stop-all          stop every service started in this state folder
+#   scripts/services.sh restart-kafka     restart the started broker, same port and data
 #   scripts/services.sh status            one line per started service: pid, endpoint
 #   scripts/services.sh endpoint NAME     the endpoint of a started service
 #   scripts/services.sh log NAME          the path of a service's log
@@ -257,6 +258,21 @@ EOF
 
 kafka_serves() { kcat -b "$1" -L -m 2 >/dev/null 2>&1; }
 
+# Stops the broker and starts it again on the same ports with the same data
+# (topics, records, committed offsets): a broker restart as operators do one.
+restart_kafka() {
+  local dir="$STATE/kafka"
+  [[ -f "$dir/server.properties" ]] || die "kafka was never started in $STATE"
+  local addr
+  addr="$(cat "$STATE/kafka.addr")"
+  stop_one kafka
+  launch kafka "$dir" java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true "${JAVA_LOG_OPTS[@]}" -cp "$KAFKA_LIB/*" kafka.Kafka "$dir/server.properties"
+  echo "$addr" >"$STATE/kafka.addr"
+  wait_ready kafka kafka_serves "$addr"
+  echo "$addr"
+}
+
 start_flink() {
   local job art exp
   job="$(port_or_free "${FLINK_JOB_PORT:-0}")"
@@ -344,6 +360,7 @@ case "$cmd" in
   start) [[ $# -eq 1 ]] || die "start takes one NAME"; known "$1"; start_one "$1" ;;
   stop) [[ $# -ge 1 ]] || die "stop takes a NAME"; for n in "$@"; do known "$n"; stop_one "$n"; done ;;
   stop-all) for n in $SERVICES; do stop_one "$n"; done ;;
+  restart-kafka) restart_kafka ;;
   status)
     for n in $SERVICES; do
       running "$n" && echo "$n pid=$(cat "$(pidfile "$n")") endpoint=$(cat "$STATE/$n.addr")"

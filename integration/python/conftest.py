@@ -422,6 +422,10 @@ class KafkaBroker:
         """Real kcat against this broker (`scripts/kafka.sh kcat`), bytes out."""
         return self.script("kcat", *args, input=input, text=False)
 
+    def restart(self):
+        """Stops the broker and starts it again, same port, same data."""
+        assert self.script("restart").strip().splitlines()[-1] == self.address
+
     def stop(self):
         self.script("stop")
 

@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::ops::record_coder;
 use super::read::{client, committed_offsets, encode_record, take_chunk};
@@ -416,7 +416,8 @@ impl PartitionRead {
             }
             start => start,
         };
-        let (next, records) = self.read_window(&mut reader, start).await?;
+        let window = self.read_window(&mut reader, start).await?;
+        let next = window.next;
         let consumer = reader.consumer.clone();
         consumers.put(key, reader);
         let mut outcome = TaskOutcome::default();
@@ -426,7 +427,9 @@ impl PartitionRead {
                 .push(self.commit_on_finalize(consumer, next));
         }
         if next < self.sized.end {
-            outcome.residuals.push(self.residual(next, records)?);
+            // Idle, or interrupted: ask to be called again in a while.
+            let pause = window.records == 0 || window.interrupted;
+            outcome.residuals.push(self.residual(next, pause)?);
         }
         Ok(outcome)
     }
@@ -437,7 +440,7 @@ impl PartitionRead {
         &self,
         reader: &mut PartitionReader,
         start: i64,
-    ) -> Result<(i64, u64), OpError> {
+    ) -> Result<Window, OpError> {
         reader.seek(&self.topic, self.partition, start, self.config.bootstrap())?;
         let deadline = Instant::now() + READ_WINDOW;
         let mut next = start;
@@ -445,6 +448,7 @@ impl PartitionRead {
         let mut buf = BytesMut::with_capacity(self.chunk_bytes.min(1 << 20) + 1024);
         let mut in_buf = 0u64;
         let mut buffered_since = Instant::now();
+        let mut interrupted = false;
         while next < self.sized.end {
             let wait_until = if buf.is_empty() {
                 deadline
@@ -470,7 +474,15 @@ impl PartitionRead {
                         break;
                     }
                 }
-                Ok(Err(e)) => return Err(client("consume", self.config.bootstrap(), e).into()),
+                // librdkafka reconnects by itself: a broker that is away
+                // (restarting, unreachable) ends this window early, and the
+                // residual resumes from the next offset a second later.
+                Ok(Err(e)) => {
+                    warn!(topic = %self.topic, partition = self.partition, error = %e,
+                        "Kafka consume failed; retrying from offset {next} in {IDLE_DELAY:?}");
+                    interrupted = true;
+                    break;
+                }
                 Err(_) if Instant::now() >= deadline => break,
                 Err(_) => {
                     if !self.out.send(take_chunk(&mut buf, &mut in_buf)).await {
@@ -487,11 +499,15 @@ impl PartitionRead {
         }
         reader.next = next;
         debug!(topic = %self.topic, partition = self.partition, start, next, records, "partition read window closed");
-        Ok((next, records))
+        Ok(Window {
+            next,
+            records,
+            interrupted,
+        })
     }
 
     /// The rest of the partition, from `next`, for the runner to hand back.
-    fn residual(&self, next: i64, records: u64) -> Result<DelayedBundleApplication, OpError> {
+    fn residual(&self, next: i64, pause: bool) -> Result<DelayedBundleApplication, OpError> {
         // Records are stamped with processing time, so "now" is a lower bound
         // on every record still to come; never report less than before.
         let watermark_ms = now_ms().max(self.sized.watermark_ms);
@@ -508,11 +524,7 @@ impl PartitionRead {
             seconds: watermark_ms.div_euclid(1000),
             nanos: (watermark_ms.rem_euclid(1000) * 1_000_000) as i32,
         };
-        let delay = if records == 0 {
-            IDLE_DELAY
-        } else {
-            Duration::ZERO
-        };
+        let delay = if pause { IDLE_DELAY } else { Duration::ZERO };
         Ok(DelayedBundleApplication {
             application: Some(BundleApplication {
                 transform_id: self.target.transform_id.clone(),
@@ -571,6 +583,15 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as i64
+}
+
+/// How one read window ended.
+struct Window {
+    /// The next offset to read.
+    next: i64,
+    records: u64,
+    /// The broker could not be read; the window ended early.
+    interrupted: bool,
 }
 
 /// A consumer assigned to one partition, and where it stands.
