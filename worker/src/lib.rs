@@ -8,7 +8,9 @@
 //! [`coders`]. [`metrics`] builds the monitoring infos the runner reads,
 //! [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
 //! our transforms to this pool, and [`delegate`] starts Beam's Python SDK
-//! worker for every other environment.
+//! worker for every other environment. [`telemetry`] counts what operators
+//! watch (workers, bundles, elements, Kafka progress) and [`ops`] serves it,
+//! with health probes, on `--metrics-port`.
 
 pub mod bundle;
 pub mod coders;
@@ -19,10 +21,13 @@ pub mod delegate;
 pub mod expansion;
 pub mod grpc;
 pub mod kafka;
+pub mod log_format;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod ops;
 pub mod plan;
 pub mod pool;
 pub mod row;
+pub mod telemetry;
 pub mod transforms;
