@@ -124,6 +124,13 @@ struct Cli {
     /// 0 lets the system pick a port (it is logged).
     #[arg(long, env = "BEAM_RUST_WORKER_METRICS_PORT", value_name = "PORT")]
     metrics_port: Option<u16>,
+
+    /// Address of the metrics endpoint; default: --bind. In a Kubernetes pod
+    /// the kubelet's probes and Prometheus come from outside the pod, so the
+    /// endpoint needs 0.0.0.0 there while the pool itself stays on loopback
+    /// (the endpoint only reports; it starts nothing).
+    #[arg(long, env = "BEAM_RUST_WORKER_METRICS_BIND", value_name = "IP")]
+    metrics_bind: Option<IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -146,7 +153,7 @@ async fn main() -> Result<()> {
     // Bound before the pool serves, so a taken port fails the start.
     let ops_server = match cli.metrics_port {
         Some(port) => {
-            let addr = SocketAddr::new(cli.bind, port);
+            let addr = SocketAddr::new(cli.metrics_bind.unwrap_or(cli.bind), port);
             let listener = bind(addr, "the metrics endpoint", "--metrics-port").await?;
             info!(addr = %listener.local_addr()?, "metrics endpoint listening (/metrics, /healthz, /readyz)");
             // Stopped only after the pool: /readyz must answer 503, not
