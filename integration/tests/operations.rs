@@ -328,3 +328,72 @@ async fn json_logs_are_one_object_per_line_with_worker_and_instruction_fields() 
         "the runner's logging endpoint received nothing"
     );
 }
+
+/// Stands in for the `--python` of delegated workers: answers the pool's
+/// `python -c "import apache_beam"` check, then crashes at once for worker
+/// ids starting with `crash_` and otherwise runs until stopped.
+const FAKE_PYTHON: &str = r#"#!/bin/sh
+if [ "$1" = "-c" ]; then exit 0; fi
+case "$WORKER_ID" in
+  crash_*) echo "fake failure" >&2; exit 3 ;;
+  *) exec sleep 1000 ;;
+esac
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegated_workers_are_counted_started_failed_and_released() {
+    use std::os::unix::fs::PermissionsExt;
+    let python = std::env::temp_dir().join(format!("ops-fake-python-{}", std::process::id()));
+    std::fs::write(&python, FAKE_PYTHON).unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let python_arg = python.to_string_lossy().into_owned();
+    let mut process = start(&[
+        "--metrics-port",
+        "0",
+        "--python",
+        &python_arg,
+        "--python-startup-window-ms",
+        "300",
+        "--python-stop-grace-secs",
+        "1",
+    ]);
+    let started = r#"beam_rust_worker_workers_started_total{kind="delegated"}"#;
+    let active = r#"beam_rust_worker_workers_active{kind="delegated"}"#;
+    let failed = r#"beam_rust_worker_workers_failed_total{kind="delegated"}"#;
+
+    let runner = TestRunner::start().await.unwrap();
+    // Without the native marker in params, the pool starts a Python worker.
+    let delegated = |id: &str| {
+        let mut request = runner.start_worker_request(id);
+        request.params.clear();
+        request
+    };
+    let answer = TestRunner::call_start_worker(process.pool, delegated("crash_1"), SOON)
+        .await
+        .unwrap();
+    assert!(answer.error.contains("exit"), "{}", answer.error);
+    let text = scrape(&process).await;
+    for (series, want) in [(started, 0.0), (active, 0.0), (failed, 1.0), (REFUSED, 0.0)] {
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
+    }
+
+    let answer = TestRunner::call_start_worker(process.pool, delegated("steady_1"), SOON)
+        .await
+        .unwrap();
+    assert_eq!(answer.error, "");
+    let text = scrape(&process).await;
+    assert_eq!(metric(&text, started), Some(1.0), "{text}");
+    assert_eq!(metric(&text, active), Some(1.0), "{text}");
+
+    TestRunner::stop_worker(process.pool, "steady_1", SOON)
+        .await
+        .unwrap();
+    wait_metric(&process, active, 0.0).await;
+    // Stopped on request: not a failure.
+    assert_eq!(metric(&scrape(&process).await, failed), Some(1.0));
+
+    process.terminate().unwrap();
+    let status = process.wait_exit(SOON).await.unwrap();
+    let _ = std::fs::remove_file(&python);
+    assert!(status.success(), "exit status {status}");
+}
