@@ -72,6 +72,11 @@ async fn metrics_endpoint_counts_workers_and_answers_probes() {
         text.ends_with("# EOF\n"),
         "not an OpenMetrics exposition:\n{text}"
     );
+    let rss = metric(&text, "process_resident_memory_bytes").unwrap_or(0.0);
+    assert!(
+        rss > 1e6,
+        "the pool's resident memory reads {rss} bytes:\n{text}"
+    );
     for (series, want) in [
         (r#"beam_rust_worker_build_info{version="0.1.0"}"#, 1.0),
         (STARTED_NATIVE, 0.0),

@@ -30,6 +30,13 @@
 //! | `beam_rust_worker_kafka_pending_offset` | gauge | `topic`, `partition` | Next offset read but not yet committed (waiting for the bundle's finalization). |
 //! | `beam_rust_worker_kafka_committed_offset` | gauge | `topic`, `partition` | Last offset committed for the consumer group. |
 //! | `beam_rust_worker_kafka_commit_age_seconds` | gauge | `topic`, `partition` | Seconds since that commit, computed at scrape time. |
+//!
+//! Beside them, read from `/proc` at scrape time (Linux), the standard
+//! process metrics every Prometheus client exports, unprefixed so existing
+//! dashboards work: `process_resident_memory_bytes`,
+//! `process_virtual_memory_bytes`, `process_cpu_seconds_total`,
+//! `process_open_fds`, `process_max_fds`, `process_start_time_seconds`,
+//! `process_threads`. A sidecar's memory is what its pod is sized by.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -111,6 +118,7 @@ fn duration_histogram() -> Histogram {
 /// The registry and a handle on every metric in it.
 pub struct Telemetry {
     registry: Registry,
+    process: ProcessMetrics,
     workers_started: Family<KindLabels, Counter>,
     workers_active: Family<KindLabels, Gauge>,
     workers_failed: Family<KindLabels, Counter>,
@@ -166,7 +174,9 @@ impl Default for Telemetry {
 impl Telemetry {
     /// A fresh registry (tests use their own; the process uses [`global`]).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix(PREFIX);
+        let mut root = Registry::default();
+        let process = ProcessMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix(PREFIX);
         registry.register(
             "build",
             "The worker's version (always 1)",
@@ -193,8 +203,9 @@ impl Telemetry {
             kafka_commit_age: Family::default(),
             kafka_commit_times: Mutex::default(),
             registry: Registry::default(),
+            process,
         };
-        let r = &mut registry;
+        let r = registry;
         // Counters get `_total` and units their suffix from the encoder.
         r.register(
             "workers_started",
@@ -307,12 +318,16 @@ impl Telemetry {
                     .get_or_create(&OutcomeLabels { outcome }),
             );
         }
-        Telemetry { registry, ..t }
+        Telemetry {
+            registry: root,
+            ..t
+        }
     }
 
     /// The exposition text: every metric, then the OpenMetrics `# EOF`.
     pub fn encode(&self) -> Result<String, TelemetryError> {
         self.refresh_commit_ages();
+        self.process.refresh();
         let mut text = String::with_capacity(8 << 10);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -461,6 +476,159 @@ impl Telemetry {
     }
 }
 
+/// `process_*` metrics, refreshed from `/proc/self` at each scrape.
+struct ProcessMetrics {
+    resident: Gauge,
+    virtual_memory: Gauge,
+    cpu: Counter<f64, AtomicU64>,
+    /// The CPU seconds already added to `cpu` (a counter only goes up by deltas).
+    cpu_seen: Mutex<f64>,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time: FloatGauge,
+    threads: Gauge,
+}
+
+impl ProcessMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ProcessMetrics {
+            resident: Gauge::default(),
+            virtual_memory: Gauge::default(),
+            cpu: Counter::default(),
+            cpu_seen: Mutex::new(0.0),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            start_time: FloatGauge::default(),
+            threads: Gauge::default(),
+        };
+        let r = registry;
+        r.register_with_unit(
+            "process_resident_memory",
+            "Resident memory size",
+            Unit::Bytes,
+            m.resident.clone(),
+        );
+        r.register_with_unit(
+            "process_virtual_memory",
+            "Virtual memory size",
+            Unit::Bytes,
+            m.virtual_memory.clone(),
+        );
+        r.register_with_unit(
+            "process_cpu",
+            "User and system CPU time spent",
+            Unit::Seconds,
+            m.cpu.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors",
+            m.open_fds.clone(),
+        );
+        r.register(
+            "process_max_fds",
+            "Limit on open file descriptors",
+            m.max_fds.clone(),
+        );
+        r.register_with_unit(
+            "process_start_time",
+            "Start time of the process since the Unix epoch",
+            Unit::Seconds,
+            m.start_time.clone(),
+        );
+        r.register("process_threads", "OS threads", m.threads.clone());
+        m
+    }
+
+    /// Best effort: a field `/proc` does not offer (another OS, a locked-down
+    /// container) keeps its last value rather than failing the scrape.
+    fn refresh(&self) {
+        let Some(stat) = read_proc_stat() else {
+            return;
+        };
+        // SAFETY: sysconf only reads a configuration value.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if ticks > 0 {
+            let ticks = ticks as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let mut seen = self.cpu_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if cpu > *seen {
+                self.cpu.inc_by(cpu - *seen);
+                *seen = cpu;
+            }
+            if let Some(boot) = boot_time() {
+                self.start_time.set(boot + stat.start_ticks as f64 / ticks);
+            }
+        }
+        if page > 0 {
+            // c_long is i32 on 32-bit targets, i64 here.
+            #[allow(clippy::useless_conversion)]
+            let page = i64::from(page);
+            self.resident.set(stat.rss_pages.saturating_mul(page));
+        }
+
+        self.virtual_memory.set(stat.vsize);
+        self.threads.set(stat.threads);
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass and nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            self.max_fds
+                .set(i64::try_from(limit.rlim_cur).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The fields of `/proc/self/stat` the process metrics use.
+struct ProcStat {
+    utime: u64,
+    stime: u64,
+    threads: i64,
+    start_ticks: u64,
+    vsize: i64,
+    rss_pages: i64,
+}
+
+fn read_proc_stat() -> Option<ProcStat> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// Parses `/proc/PID/stat` (proc(5)). The command name, field 2, is in
+/// parentheses and may itself hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    // Field 3 (state) is rest's first; field N is rest's (N - 3)th.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<i64>().ok();
+    Some(ProcStat {
+        utime: u64::try_from(field(14)?).ok()?,
+        stime: u64::try_from(field(15)?).ok()?,
+        threads: field(20)?,
+        start_ticks: u64::try_from(field(22)?).ok()?,
+        vsize: field(23)?,
+        rss_pages: field(24)?,
+    })
+}
+
+/// Boot time in seconds since the epoch (`btime` in `/proc/stat`).
+fn boot_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn kind_labels(kind: &str) -> KindLabels {
     KindLabels {
         kind: kind.to_owned(),
@@ -573,5 +741,28 @@ mod tests {
         .unwrap_or(-1.0);
         assert!((0.0..60.0).contains(&age), "commit age {age} in\n{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        #[cfg(target_os = "linux")]
+        {
+            let rss = sample(&text, "process_resident_memory_bytes").unwrap_or(0.0);
+            assert!(rss > 1e6, "resident memory {rss} in\n{text}");
+            let fds = sample(&text, "process_open_fds").unwrap_or(0.0);
+            assert!(fds >= 3.0, "open fds {fds}");
+            let started = sample(&text, "process_start_time_seconds").unwrap_or(0.0);
+            assert!(started > 1.6e9, "start time {started}");
+        }
+    }
+
+    #[test]
+    fn proc_stat_fields_are_counted_after_the_command_name() {
+        // A command name with spaces and a parenthesis must not shift fields.
+        let line = "4242 (odd) name) S 1 4242 4242 0 -1 4194304 100 0 0 0 \
+                    250 50 0 0 20 0 7 0 123456 104857600 2560 18446744073709551615";
+        let stat = parse_proc_stat(line).expect("parses");
+        assert_eq!((stat.utime, stat.stime), (250, 50));
+        assert_eq!(stat.threads, 7);
+        assert_eq!(stat.start_ticks, 123456);
+        assert_eq!(stat.vsize, 104857600);
+        assert_eq!(stat.rss_pages, 2560);
+        assert!(parse_proc_stat("garbage").is_none());
     }
 }
