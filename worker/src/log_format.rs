@@ -32,6 +32,8 @@ where
 {
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // No colour codes inside JSON strings, terminal or not.
+        .with_ansi(false)
         .fmt_fields(JsonFields::new())
         .event_format(JsonLines)
 }
