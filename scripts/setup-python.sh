@@ -32,14 +32,13 @@ if [[ "$MINIMAL" != 1 ]]; then
   if ! "$PY" -c "import pytest_timeout" 2>/dev/null; then
     "$PY" -m pip install --quiet "pytest-timeout==2.4.0"
   fi
-  # Our package, editable, so python/ changes need no reinstall.
+  # Our package from python/ directly (a .pth line), so python/ changes need no
+  # reinstall. Not `pip install -e python`: python/pyproject.toml builds a wheel with
+  # maturin, which would compile the worker binary first (scripts/build-wheel.sh).
   if [[ -d "$ROOT/python" ]] && ! "$PY" -c "import beam_rust_worker, sys; \
 sys.exit(not beam_rust_worker.__file__.startswith('$ROOT/python/'))" 2>/dev/null; then
-    # setuptools' build warnings are noise here; show the output only on failure.
-    if ! out="$("$PY" -m pip install --quiet --no-deps -e "$ROOT/python" 2>&1)"; then
-      echo "$out" >&2
-      exit 1
-    fi
+    site="$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
+    echo "$ROOT/python" > "$site/beam_rust_worker_dev.pth"
   fi
 fi
 echo "$VENV"

@@ -17,13 +17,16 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 step "Rust unit and integration tests (release: the 1M-element cases run at full speed)"
 cargo test --workspace --release
 
+step "deployment files: Kubernetes schema and Dockerfile lint, offline (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
+
 step "Python venv with apache-beam (scripts/setup-python.sh)"
 scripts/setup-python.sh
 
 step "outside services: Apache Kafka, Flink job server, Prism, Java expansion service, Beam's Python pool"
 scripts/services.sh install
 
-step "real Beam pipelines on the embedded runner, Prism and Flink; Kafka; drop-in; proto conformance"
+step "real Beam pipelines on the embedded runner, Prism and Flink; Kafka; drop-in; proto conformance; the wheel"
 .venv/bin/python -m pytest integration/python -q
 
 if [[ -x scripts/smoke-bench.sh ]]; then

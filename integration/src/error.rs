@@ -34,6 +34,9 @@ pub enum RunnerError {
     /// The worker's control stream is gone, so no response can come.
     #[error("the control stream of worker '{worker_id}' is closed")]
     ControlClosed { worker_id: String },
+    /// Starting, signalling or talking HTTP to the worker binary failed.
+    #[error("{0}")]
+    Process(String),
 }
 
 impl RunnerError {

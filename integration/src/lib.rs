@@ -31,6 +31,7 @@ mod descriptor;
 pub mod elements;
 mod error;
 mod handle;
+pub mod process;
 mod runner;
 mod state;
 

@@ -281,6 +281,9 @@ impl Harness {
             return Err("the worker pool is shutting down and accepts no new bundles".into());
         }
         let plan = self.plan(&request.process_bundle_descriptor_id).await?;
+        let telemetry = crate::telemetry::global();
+        telemetry.bundle_started();
+        let started = std::time::Instant::now();
         let progress = Arc::new(Progress::default());
         self.running_bundles()
             .insert(instruction_id.to_owned(), progress.clone());
@@ -294,6 +297,7 @@ impl Harness {
         )
         .await;
         self.running_bundles().remove(instruction_id);
+        telemetry.bundle_finished(result.is_ok(), started.elapsed());
         match result {
             Ok(outcome) => {
                 if !outcome.finalizers.is_empty() {

@@ -299,6 +299,12 @@ impl Delegates {
                         // While StartWorker still waits, it reports the exit;
                         // after that, the runner hears of it through its log.
                         if let Err(exit) = exited_tx.send(exit) {
+                            // An exit during start-up is counted by the pool,
+                            // which fails the StartWorker; this one came later.
+                            if !exit.success {
+                                crate::telemetry::global()
+                                    .worker_failed(crate::telemetry::DELEGATED);
+                            }
                             report_exit(&spec, pid, started.elapsed(), exit).await;
                         }
                     }

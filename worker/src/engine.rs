@@ -194,6 +194,9 @@ struct Engine<'a> {
     flush_bytes: usize,
     /// Elements emitted per node and output port.
     counts: Vec<Vec<u64>>,
+    /// Elements and bytes taken in, and bytes emitted, per node (for the pool's metrics).
+    taken: Vec<(u64, u64)>,
+    emitted_bytes: Vec<u64>,
     /// Runner source transform id → (node, still open).
     sources: HashMap<String, (usize, bool)>,
     source_counts: HashMap<usize, Arc<AtomicU64>>,
@@ -248,6 +251,8 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|n| vec![0; n.outputs.len()])
                 .collect(),
+            taken: vec![(0, 0); graph.nodes.len()],
+            emitted_bytes: vec![0; graph.nodes.len()],
             flush_bytes: config.flush_bytes.max(1),
             ops,
             graph,
@@ -307,6 +312,7 @@ impl<'a> Engine<'a> {
         if let Some(c) = self.counts[node].get_mut(port) {
             *c += chunk.elements;
         }
+        self.emitted_bytes[node] += chunk.bytes.len() as u64;
         if let Some(count) = self.source_counts.get(&node) {
             count.fetch_add(chunk.elements, Ordering::Relaxed);
         }
@@ -322,6 +328,9 @@ impl<'a> Engine<'a> {
     /// (breadth-first; every edge keeps its order).
     async fn deliver(&mut self, mut queue: VecDeque<(usize, Chunk)>) -> Result<(), BundleError> {
         while let Some((node, chunk)) = queue.pop_front() {
+            let taken = &mut self.taken[node];
+            taken.0 += chunk.elements;
+            taken.1 += chunk.bytes.len() as u64;
             let emitted = self.call(node, Call::Process(chunk)).await?;
             for (port, chunk) in emitted {
                 self.route(node, port, chunk, &mut queue);
@@ -401,6 +410,7 @@ impl<'a> Engine<'a> {
             });
         }
         debug!(instruction = self.instruction_id, counts = ?self.counts, "bundle finished");
+        self.report_elements();
         let TaskOutcome {
             residuals,
             finalizers,
@@ -414,6 +424,22 @@ impl<'a> Engine<'a> {
             },
             finalizers,
         })
+    }
+
+    /// Adds this bundle's elements and bytes, per transform kind, to the pool's metrics.
+    fn report_elements(&self) {
+        let telemetry = crate::telemetry::global();
+        for (node, n) in self.graph.nodes.iter().enumerate() {
+            let kind = n.factory.kind();
+            let (elements, bytes) = self.taken[node];
+            if elements > 0 || bytes > 0 {
+                telemetry.elements(kind, crate::telemetry::IN, elements, bytes);
+            }
+            let out: u64 = self.counts[node].iter().sum();
+            if out > 0 || self.emitted_bytes[node] > 0 {
+                telemetry.elements(kind, crate::telemetry::OUT, out, self.emitted_bytes[node]);
+            }
+        }
     }
 
     fn monitoring_infos(&self) -> Vec<MonitoringInfo> {
@@ -496,6 +522,10 @@ mod tests {
     }
 
     impl OperatorFactory for TestFactory {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+
         fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
             Ok(Box::new(TestOp {
                 name: self.name,

@@ -127,6 +127,7 @@ impl ExpansionService for Expansion {
         let response = tokio::task::spawn_blocking(move || expand(request, &pool))
             .await
             .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+        crate::telemetry::global().expansion_request(response.error.is_empty());
         if response.error.is_empty() {
             tracing::info!(%urn, %namespace, pool = %self.advertised_pool, "expanded transform");
         } else {

@@ -6,11 +6,14 @@
 //! turns them into a [`graph`] of operators ([`ops`]) found in the
 //! [`registry`], and runs bundles on the [`engine`], a chunk at a time, with
 //! elements arriving and leaving over [`data`] channels, decoded by
-//! [`coders`] (and [`value_coder`] off the hot path). [`metrics`] builds the monitoring infos the runner reads,
-//! [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
+//! [`coders`] (and [`value_coder`] off the hot path). [`metrics`] builds the
+//! monitoring infos the runner reads, [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
 //! our transforms to this pool, and [`delegate`] starts Beam's Python SDK
-//! worker for every other environment.
+//! worker for every other environment. [`telemetry`] counts what operators
+//! watch (workers, bundles, elements, Kafka progress) and [`admin`] serves it,
+//! with health probes, on `--metrics-port`.
 
+pub mod admin;
 pub mod coders;
 pub mod config;
 pub mod control;
@@ -21,6 +24,7 @@ pub mod expansion;
 pub mod graph;
 pub mod grpc;
 pub mod kafka;
+pub mod log_format;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -28,5 +32,6 @@ pub mod ops;
 pub mod pool;
 pub mod registry;
 pub mod row;
+pub mod telemetry;
 pub mod transforms;
 pub mod value_coder;

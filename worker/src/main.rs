@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use beam_rust_worker::config::{ConnectionLimits, HarnessConfig, PoolConfig};
 use beam_rust_worker::delegate::DelegateConfig;
-use beam_rust_worker::{expansion, logging, pool};
-use clap::Parser;
+use beam_rust_worker::{admin, expansion, log_format, logging, pool};
+use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -117,18 +117,65 @@ struct Cli {
     /// `beam_rust_worker=debug`). RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
+
+    /// Format of the log on stderr. `text`: one readable line per event.
+    /// `json`: one JSON object per line with timestamp, level, target,
+    /// message, the event's fields and its spans' fields (worker_id,
+    /// instruction_id, ...) at the top level, for log shippers. What goes to
+    /// the runners' logging endpoints is the same either way.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BEAM_RUST_WORKER_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// Serve Prometheus metrics (/metrics) and Kubernetes probes (/healthz:
+    /// the process is alive; /readyz: the pool takes workers, 503 once
+    /// shutdown began) over HTTP on this port of --bind. Off unless given;
+    /// 0 lets the system pick a port (it is logged).
+    #[arg(long, env = "BEAM_RUST_WORKER_METRICS_PORT", value_name = "PORT")]
+    metrics_port: Option<u16>,
+
+    /// Address of the metrics endpoint; default: --bind. In a Kubernetes pod
+    /// the kubelet's probes and Prometheus come from outside the pod, so the
+    /// endpoint needs 0.0.0.0 there while the pool itself stays on loopback
+    /// (the endpoint only reports; it starts nothing).
+    #[arg(long, env = "BEAM_RUST_WORKER_METRICS_BIND", value_name = "IP")]
+    metrics_bind: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_level)?;
+    init_tracing(&cli.log_level, cli.log_format)?;
 
     let pool_addr = SocketAddr::new(cli.bind, cli.port);
     let listener = bind(pool_addr, "the worker pool", "--port").await?;
     // With --port 0 the kernel picks the port; advertise the real one.
     let pool_port = listener.local_addr()?.port();
     let shutdown = CancellationToken::new();
+    let readiness = admin::Readiness::default();
+    // Bound before the pool serves, so a taken port fails the start.
+    let ops_server = match cli.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(cli.metrics_bind.unwrap_or(cli.bind), port);
+            let listener = bind(addr, "the metrics endpoint", "--metrics-port").await?;
+            info!(addr = %listener.local_addr()?, "metrics endpoint listening (/metrics, /healthz, /readyz)");
+            // Stopped only after the pool: /readyz must answer 503, not
+            // refuse connections, while running bundles drain.
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(admin::serve(
+                listener,
+                readiness.clone(),
+                stop.clone().cancelled_owned(),
+            ));
+            Some((stop, task))
+        }
+        None => None,
+    };
 
     let expansion = if cli.expansion_port != 0 {
         let addr = SocketAddr::new(cli.bind, cli.expansion_port);
@@ -170,9 +217,19 @@ async fn main() -> Result<()> {
         connections: ConnectionLimits::default(),
     };
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    pool::serve(listener, config, shutdown.clone().cancelled_owned()).await?;
+    pool::serve_with_readiness(
+        listener,
+        config,
+        shutdown.clone().cancelled_owned(),
+        readiness,
+    )
+    .await?;
     if let Some(expansion) = expansion {
         expansion.await??;
+    }
+    if let Some((stop, task)) = ops_server {
+        stop.cancel();
+        let _ = task.await;
     }
     Ok(())
 }
@@ -191,22 +248,30 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> Result<TcpListener> {
     })
 }
 
-fn init_tracing(level: &str) -> Result<()> {
+fn init_tracing(level: &str, format: LogFormat) -> Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => EnvFilter::try_new(env),
         _ => EnvFilter::try_new(level),
     }
     .with_context(|| format!("invalid --log-level {level:?}"))?;
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only where a person reads them, not in log files.
+                    .with_ansi(
+                        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                    ),
+            ),
+            None,
+        ),
+        LogFormat::Json => (None, Some(log_format::layer())),
+    };
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                // Colour codes only where a person reads them, not in log files.
-                .with_ansi(
-                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-                ),
-        )
+        .with(text)
+        .with(json)
         .with(logging::RunnerLogLayer)
         .init();
     Ok(())

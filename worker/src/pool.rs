@@ -22,11 +22,13 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
+use crate::admin::Readiness;
 use crate::config::PoolConfig;
 use crate::control::{self, WorkerSpec};
 use crate::delegate::{self, Delegates, Route};
 use crate::grpc;
 use crate::net;
+use crate::telemetry;
 
 /// Longest worker id accepted. Runners use short ids ("worker_0", "1-2"); the id
 /// is sent as a header on every call and written into every log line, so a huge
@@ -100,6 +102,8 @@ static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 struct WorkerEntry {
     worker_id: String,
     cancel: CancellationToken,
+    /// [`telemetry::NATIVE`] or [`telemetry::DELEGATED`], for the active-worker gauge.
+    kind: &'static str,
 }
 
 /// The pool service. Cheap to clone; all clones share one set of workers.
@@ -152,6 +156,15 @@ impl WorkerPool {
         self.inner.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Frees a worker's slot. Every path that ends a worker calls this, some
+    /// twice (a Python worker that fails to start); only the first counts,
+    /// so `workers_active` always equals the slots held.
+    fn release(&self, serial: u64) {
+        if let Some(entry) = self.workers().remove(&serial) {
+            telemetry::global().workers_active(entry.kind, -1);
+        }
+    }
+
     fn start(&self, request: StartWorkerRequest) -> Result<Started, String> {
         let state = &self.inner;
         if state.lifecycle.is_draining() {
@@ -177,14 +190,20 @@ impl WorkerPool {
         }
         let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
         let cancel = state.shutdown.child_token();
+        let kind = match route {
+            Route::Delegated => telemetry::DELEGATED,
+            Route::Native => telemetry::NATIVE,
+        };
         workers.insert(
             serial,
             WorkerEntry {
                 worker_id: worker_id.clone(),
                 cancel: cancel.clone(),
+                kind,
             },
         );
         drop(workers);
+        telemetry::global().workers_active(kind, 1);
 
         let spec = WorkerSpec {
             worker_id,
@@ -200,12 +219,14 @@ impl WorkerPool {
         let pool = self.clone();
         let lifecycle = state.lifecycle.clone();
         let config = state.config.harness.clone();
+        telemetry::global().worker_started(telemetry::NATIVE);
         state.tasks.spawn(async move {
             let worker_id = spec.worker_id.clone();
             if let Err(e) = control::run(spec, config, lifecycle, cancel).await {
+                telemetry::global().worker_failed(telemetry::NATIVE);
                 error!(worker_id, error = %e, "worker ended with an error");
             }
-            pool.workers().remove(&serial);
+            pool.release(serial);
             info!(worker_id, serial, "worker released");
         });
         Ok(Started::Native(serial))
@@ -220,16 +241,19 @@ impl WorkerPool {
         let released_id = worker_id.clone();
         // Not "worker released": that line means a native harness ended.
         let release = move || {
-            pool.workers().remove(&serial);
+            pool.release(serial);
             info!(worker_id = released_id, serial, "Python worker slot freed");
         };
         match self.inner.delegates.launch(spec, cancel, release).await {
             Ok(pid) => {
+                telemetry::global().worker_started(telemetry::DELEGATED);
                 info!(worker_id, serial, pid, "Python SDK worker running");
                 Ok(serial)
             }
             Err(e) => {
-                self.workers().remove(&serial);
+                // Crashes after a successful start are counted by `delegate`.
+                telemetry::global().worker_failed(telemetry::DELEGATED);
+                self.release(serial);
                 Err(e.to_string())
             }
         }
@@ -359,7 +383,9 @@ impl BeamFnExternalWorkerPool for WorkerPool {
             .escape_debug()
             .take(MAX_WORKER_ID_BYTES)
             .collect();
-        let started = match self.start(request) {
+        let started = self.start(request);
+        let delegated = matches!(started, Ok(Started::Delegated(..)));
+        let started = match started {
             // `launch` logs the Python worker's start itself.
             Ok(Started::Delegated(spec, cancel)) => self.launch(spec, cancel).await.map(|_| None),
             Ok(Started::Native(serial)) => Ok(Some(serial)),
@@ -372,6 +398,11 @@ impl BeamFnExternalWorkerPool for WorkerPool {
                 String::new()
             }
             Err(error) => {
+                // A delegated worker that failed to start is a failed worker,
+                // not a refusal; `launch` counted it.
+                if !delegated {
+                    telemetry::global().start_worker_refused();
+                }
                 warn!(worker_id, %error, "StartWorker refused");
                 error
             }
@@ -395,6 +426,19 @@ pub async fn serve(
     config: PoolConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), PoolError> {
+    serve_with_readiness(listener, config, shutdown, Readiness::default()).await
+}
+
+/// [`serve`], reporting through `readiness` whether the pool takes new
+/// workers (for `/readyz`): ready once it serves, not ready from the moment
+/// shutdown begins. The pool port also serves `grpc.health.v1.Health`, which
+/// says the same: SERVING, then NOT_SERVING while draining.
+pub async fn serve_with_readiness(
+    listener: TcpListener,
+    config: PoolConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    readiness: Readiness,
+) -> Result<(), PoolError> {
     let grace = config.grace_period;
     let kill = CancellationToken::new();
     let incoming = net::incoming(
@@ -408,13 +452,29 @@ pub async fn serve(
     let checker = pool.clone();
     tokio::spawn(async move { checker.inner.delegates.report_python().await });
     let service = BeamFnExternalWorkerPoolServer::new(pool.clone());
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    // The overall status ("") starts SERVING; the pool's own name says it too,
+    // for probes that ask for the service by name.
+    health.set_serving::<PoolServer>().await;
     let stopped = CancellationToken::new();
     let server = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
     let server = tokio::spawn(server);
+    readiness.set(true);
     shutdown.await;
     info!("shutting down: refusing new workers and bundles");
+    readiness.set(false);
+    health.set_not_serving::<PoolServer>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    // Health `Watch` streams never end by themselves and would hold the
+    // server open for the whole grace period; without their statuses they
+    // end (after delivering NOT_SERVING).
+    health.clear_service_status(POOL_SERVICE).await;
+    health.clear_service_status("").await;
     let deadline = Instant::now() + grace;
     stopped.cancel();
     pool.shut_down_by(deadline).await;
@@ -455,6 +515,10 @@ pub(crate) async fn finish_server<E>(
         Err(_) => Ok(()),
     }
 }
+
+type PoolServer = BeamFnExternalWorkerPoolServer<WorkerPool>;
+/// The pool's gRPC service name, as health checks name it.
+pub const POOL_SERVICE: &str = <PoolServer as tonic::server::NamedService>::NAME;
 
 /// How long closed connections get to wind down after the grace period.
 const KILL_WAIT: Duration = Duration::from_millis(500);

@@ -56,6 +56,10 @@ struct BoundedReadFactory {
 }
 
 impl OperatorFactory for BoundedReadFactory {
+    fn kind(&self) -> &'static str {
+        "kafka_read"
+    }
+
     fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(BoundedRead {
             config: self.config.clone(),
@@ -133,6 +137,10 @@ struct WriteFactory {
 }
 
 impl OperatorFactory for WriteFactory {
+    fn kind(&self) -> &'static str {
+        "kafka_write"
+    }
+
     fn create(&self, setup: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(Write {
             config: self.config.clone(),

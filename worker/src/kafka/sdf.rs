@@ -109,6 +109,10 @@ struct PartitionsFactory {
 }
 
 impl OperatorFactory for PartitionsFactory {
+    fn kind(&self) -> &'static str {
+        "kafka_partitions"
+    }
+
     fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(Partitions {
             config: self.config.clone(),
@@ -199,6 +203,10 @@ struct MapFactory {
 }
 
 impl OperatorFactory for MapFactory {
+    fn kind(&self) -> &'static str {
+        "kafka_restriction"
+    }
+
     fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(MapStep {
             input: self.input.clone(),
@@ -337,6 +345,10 @@ struct ProcessFactory {
 }
 
 impl OperatorFactory for ProcessFactory {
+    fn kind(&self) -> &'static str {
+        "kafka_read"
+    }
+
     fn create(&self, setup: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(Process {
             config: self.config.clone(),
@@ -498,6 +510,11 @@ impl PartitionRead {
             self.out.send(take_chunk(&mut buf, &mut in_buf)).await;
         }
         reader.next = next;
+        let telemetry = crate::telemetry::global();
+        telemetry.kafka_records_read(&self.topic, self.partition, records);
+        if records > 0 && self.config.commit_offsets {
+            telemetry.kafka_pending_offset(&self.topic, self.partition, next);
+        }
         debug!(topic = %self.topic, partition = self.partition, start, next, records, "partition read window closed");
         Ok(Window {
             next,
@@ -572,7 +589,9 @@ impl PartitionRead {
                     .map_err(|e| e.to_string())?;
                 blocking(move || consumer.commit(&offsets, CommitMode::Sync))
                     .await
-                    .map_err(|e| client("offset commit", &bootstrap, e).to_string())
+                    .map_err(|e| client("offset commit", &bootstrap, e).to_string())?;
+                crate::telemetry::global().kafka_committed(&topic, partition, next);
+                Ok(())
             })
         })
     }

@@ -136,6 +136,7 @@ impl Writer {
         while !self.in_flight.is_empty() {
             self.await_oldest().await?;
         }
+        crate::telemetry::global().kafka_records_written(&self.topic, self.written);
         Ok(self.written)
     }
 
@@ -157,6 +158,7 @@ impl Writer {
     }
 
     fn delivery_error(&self, why: String) -> KafkaError {
+        crate::telemetry::global().kafka_delivery_errors(&self.topic, 1);
         KafkaError::Delivery {
             topic: self.topic.clone(),
             why,

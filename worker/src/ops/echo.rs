@@ -26,6 +26,10 @@ pub fn plan(cx: &PlanContext<'_>) -> Result<Planned, PlanError> {
 struct EchoFactory;
 
 impl OperatorFactory for EchoFactory {
+    fn kind(&self) -> &'static str {
+        "kv_echo"
+    }
+
     fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(Echo))
     }

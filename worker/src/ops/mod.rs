@@ -252,6 +252,9 @@ pub trait Operator: Send {
 pub trait OperatorFactory: Send + Sync + std::fmt::Debug {
     fn create(&self, setup: &Setup<'_>) -> Result<Box<dyn Operator>, OpError>;
 
+    /// What kind of transform this is, for the pool's metrics (`elements_total{transform=...}`).
+    fn kind(&self) -> &'static str;
+
     /// For a runner data source: the data URL and transform id its input comes from.
     fn data_source(&self) -> Option<(&str, &str)> {
         None

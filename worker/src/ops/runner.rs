@@ -51,6 +51,10 @@ struct SourceFactory {
 }
 
 impl OperatorFactory for SourceFactory {
+    fn kind(&self) -> &'static str {
+        "runner_source"
+    }
+
     fn create(&self, _: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(Source {
             coder: self.coder.clone(),
@@ -180,6 +184,10 @@ struct SinkFactory {
 }
 
 impl OperatorFactory for SinkFactory {
+    fn kind(&self) -> &'static str {
+        "runner_sink"
+    }
+
     fn create(&self, setup: &Setup<'_>) -> Result<Box<dyn Operator>, OpError> {
         Ok(Box::new(Sink {
             channel: setup.channels.get(&self.url)?,
