@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 import time
 import uuid
 from pathlib import Path
@@ -288,6 +289,33 @@ class Process:
         return self.proc.returncode
 
 
+def scrape(port: int) -> str:
+    """The pool's /metrics text (Prometheus/OpenMetrics exposition)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+def sample(exposition: str, series: str):
+    """The value of one exact series (name{labels}), or None."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    return None
+
+
+def sample_sum(exposition: str, name: str, **labels) -> float:
+    """The sum of every series of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 class RustWorker(Process):
     """The pool with its expansion service on free ports; `extra` flags added."""
 
@@ -295,6 +323,7 @@ class RustWorker(Process):
         # Fixed `ports` (pool, expansion) let a test restart a pool where the
         # runner expects it.
         self.pool_port, self.expansion_port = ports or (free_port(), free_port())
+        self.metrics_port = free_port()
         self.pool_address = f"localhost:{self.pool_port}"
         self.expansion_address = f"localhost:{self.expansion_port}"
         super().__init__(
@@ -308,10 +337,14 @@ class RustWorker(Process):
                 # Python one) get Beam's SDK worker, run by this venv's Python.
                 "--python", sys.executable,
                 "--log-level", os.environ.get("BEAM_RUST_WORKER_LOG", "info"),
+                "--metrics-port", self.metrics_port,
                 *extra,
             ],
         )
-        self.wait_for_ports(self.pool_port, self.expansion_port)
+        self.wait_for_ports(self.pool_port, self.expansion_port, self.metrics_port)
+
+    def metrics(self) -> str:
+        return scrape(self.metrics_port)
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,11 @@ import os
 import subprocess
 import sys
 import sysconfig
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, RustWorker, free_port, started_workers
+from conftest import REPO, RustWorker, sample, scrape, started_workers
 
 
 @pytest.fixture(scope="module")
@@ -74,27 +73,12 @@ def test_wheel_package_imports_from_the_venv(fresh_venv, tmp_path):
     assert fresh_venv in location.parents, f"imported from {location}, not the wheel"
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.status == 200
-        return response.read().decode()
-
-
-def sample(exposition: str, series: str):
-    for line in exposition.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[1])
-    return None
-
-
 def test_pool_from_the_wheel_runs_a_pipeline(fresh_venv, tmp_path):
     """The kv_echo example, with the venv's python, against the wheel's pool,
     whose metrics then count the workers the pipeline started."""
-    metrics_port = free_port()
-    pool = RustWorker(fresh_venv / "bin" / "beam-rust-worker",
-                      "--metrics-port", metrics_port, name="wheel-worker")
+    pool = RustWorker(fresh_venv / "bin" / "beam-rust-worker", name="wheel-worker")
+    metrics_port = pool.metrics_port
     try:
-        pool.wait_for_ports(metrics_port)
         started = 'beam_rust_worker_workers_started_total{kind="native"}'
         assert sample(scrape(metrics_port), started) == 0
         proc = subprocess.run(

@@ -25,6 +25,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from conftest import sample_sum
 from test_kafka import committed, read_topic
 
 RATE = int(os.environ.get("STREAMING_RATE", "1000"))
@@ -61,11 +62,11 @@ class StreamingJob:
                 if not a.startswith(("--shutdown_sources_after_idle_ms",
                                      "--checkpointing_interval"))]
         if runner.is_flink:
-            # A checkpoint that lands while the partition-listing bundle runs
-            # strands its output in Flink's operator buffer for good (Beam
-            # 2.62: nothing flushes it once the impulse's input has ended), so
-            # the first checkpoint must come after that bundle. The seed uses 60 s.
-            args.append("--checkpointing_interval=5000")
+            # Without finish_bundle_before_checkpointing, a checkpoint that
+            # lands while the partition-listing bundle runs strands that
+            # bundle's output in Flink's operator buffer for good (Beam 2.62:
+            # nothing flushes it once the impulse's input has ended).
+            args += ["--checkpointing_interval=1000", "--finish_bundle_before_checkpointing"]
         args += list(extra_args)
         if runner.name == "prism":
             args.append("--streaming")
@@ -223,6 +224,23 @@ def test_streaming_read_echoes_records_produced_while_the_job_runs(
             assert time.monotonic() < deadline, committed(bootstrap, source, group)
             time.sleep(0.5)
         assert sum(committed(bootstrap, source, group).values()) == total
+        # The pool's metrics count what this pipeline did (its topics are its own).
+        deadline = time.monotonic() + 30
+        while True:
+            m = rust_worker.metrics()
+            read = sample_sum(m, "beam_rust_worker_kafka_records_read_total", topic=source)
+            written = sample_sum(m, "beam_rust_worker_kafka_records_written_total", topic=sink)
+            committed_gauge = sample_sum(m, "beam_rust_worker_kafka_committed_offset", topic=source)
+            if (read, written, committed_gauge) == (total, total, total):
+                break
+            assert time.monotonic() < deadline, (read, written, committed_gauge, total)
+            time.sleep(1)
+        assert sample_sum(m, "beam_rust_worker_bundles_finished_total", outcome="succeeded") > 0
+        assert sample_sum(m, "beam_rust_worker_elements_total", transform="kv_echo",
+                          direction="in") >= total
+        with capsys.disabled():
+            print(f"[{runner.name}] metrics: read {read:.0f}, written {written:.0f}, "
+                  f"committed offsets sum {committed_gauge:.0f} (pipeline: {total} records)")
     finally:
         job.stop()
         watcher.close()
