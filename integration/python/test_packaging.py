@@ -93,3 +93,30 @@ def test_pool_from_the_wheel_runs_a_pipeline(fresh_venv, tmp_path):
         assert sample(exposition, started) == len(workers), exposition
     finally:
         pool.stop()
+
+
+def test_wheel_pool_runs_the_kafka_demo(fresh_venv, kafka_broker, tmp_path):
+    """examples/kafka_echo.py (ReadFromKafka -> KvEcho -> WriteToKafka, as
+    scripts/demo.sh runs it) with the venv's python against the wheel's pool:
+    every record comes back, and the pool's metrics count them."""
+    from test_kafka import assert_same_records, produce, read_topic
+
+    bootstrap = kafka_broker.address
+    source, sink = kafka_broker.topic("wheel-in"), kafka_broker.topic("wheel-out")
+    records = [(b"k%d" % i, b"v%d" % i) for i in range(1000)]
+    produce(bootstrap, source, records)
+    pool = RustWorker(fresh_venv / "bin" / "beam-rust-worker", name="wheel-kafka-worker")
+    try:
+        proc = subprocess.run(
+            [str(fresh_venv / "bin" / "python"), str(REPO / "examples" / "kafka_echo.py"),
+             "--bootstrap_servers", bootstrap, "--input_topic", source,
+             "--output_topic", sink, "--expansion_service", pool.expansion_address],
+            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-10000:]
+        assert_same_records(read_topic(bootstrap, sink, len(records)), records)
+        exposition = pool.metrics()
+        written = sample(exposition,
+                         f'beam_rust_worker_kafka_records_written_total{{topic="{sink}"}}')
+        assert written == len(records), exposition
+    finally:
+        pool.stop()

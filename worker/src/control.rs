@@ -78,7 +78,7 @@ struct Harness {
     control: BeamFnControlClient<WorkerChannel>,
     plans: Mutex<HashMap<String, Arc<OnceCell<CachedPlan>>>>,
     resources: WorkerResources,
-    /// Finalization callbacks of finished bundles (Kafka offset commits, say),
+    /// Finalization callbacks of finished bundles (a source committing what it read, say),
     /// run when the runner finalizes them. Never finalized (a failed job, or
     /// Flink without checkpoints) means never run: they expire after
     /// `finalization_ttl`, and what they would have committed is read again.
@@ -228,8 +228,8 @@ impl Harness {
                 Ok(Response::Register(RegisterResponse {}))
             }
             // Progress and split must always succeed: Prism stops watching a
-            // bundle after an error answer. Bundles are never split here (a
-            // Kafka partition has one reader); the empty answer means "no
+            // bundle after an error answer. Bundles are never split here (no
+            // operator offers split points); the empty answer means "no
             // split" to every runner.
             Some(Request::ProcessBundleProgress(p)) => Ok(Response::ProcessBundleProgress(
                 ProcessBundleProgressResponse {

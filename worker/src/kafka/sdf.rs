@@ -55,6 +55,8 @@ const LINGER: Duration = Duration::from_millis(5);
 /// ... and records arriving steadily are sent at least this often: latency
 /// stays in milliseconds without making chunks of a few records each.
 const MAX_BUFFER_AGE: Duration = Duration::from_millis(20);
+/// How long the consumer-lag metric's end-offset look-up may take.
+const LAG_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Restriction start meaning "not resolved yet".
 const UNRESOLVED: i64 = -1;
 /// Beam's minimum timestamp, in milliseconds: the initial watermark.
@@ -512,6 +514,7 @@ impl PartitionRead {
         reader.next = next;
         let telemetry = crate::telemetry::global();
         telemetry.kafka_records_read(&self.topic, self.partition, records);
+        self.report_lag(reader.consumer.clone(), next);
         if records > 0 && self.config.commit_offsets {
             telemetry.kafka_pending_offset(&self.topic, self.partition, next);
         }
@@ -521,6 +524,22 @@ impl PartitionRead {
             records,
             interrupted,
         })
+    }
+
+    /// Sets the consumer-lag gauge from the partition's end, looked up off the
+    /// bundle's path (a broker round trip that nothing waits for).
+    fn report_lag(&self, consumer: Arc<StreamConsumer>, next: i64) {
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        tokio::task::spawn_blocking(move || {
+            if let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, LAG_LOOKUP_TIMEOUT)
+            {
+                crate::telemetry::global().kafka_consumer_lag(
+                    &topic,
+                    partition,
+                    (high - next).max(0),
+                );
+            }
+        });
     }
 
     /// The rest of the partition, from `next`, for the runner to hand back.

@@ -8,7 +8,7 @@
 //! path. Data flows one way: an operator emits to its output ports, and the
 //! engine hands each emitted chunk to every consumer of that port.
 //!
-//! Work that produces output on its own schedule (a Kafka read, a
+//! Work that produces output on its own schedule (a read from an outside system, a
 //! splittable DoFn's restriction) runs as a *task* the operator spawns; the
 //! task sends chunks through an [`Emitter`] and ends with a [`TaskOutcome`]
 //! (residuals to hand back to the runner, callbacks to run when the runner
@@ -121,7 +121,7 @@ impl OpError {
 }
 
 /// Runs once the runner has durably taken a bundle's output
-/// (`FinalizeBundle`); Kafka offset commits are such callbacks.
+/// (`FinalizeBundle`); a source committing what it read is such a callback.
 pub type Finalizer =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
 
@@ -150,7 +150,7 @@ impl Emitter {
 
 pub type TaskFuture = Pin<Box<dyn Future<Output = Result<TaskOutcome, OpError>> + Send>>;
 
-/// Worker-wide state operators share across bundles (Kafka producers, cached
+/// Worker-wide state operators share across bundles (clients of outside systems, cached
 /// consumers), keyed by type so the harness need not know what it holds.
 #[derive(Default)]
 pub struct Shared {
