@@ -165,14 +165,13 @@ def test_beams_read_from_kafka_expands_to_our_native_read(pool):
     "argument, field",
     [
         ({"start_read_time": 1_700_000_000_000}, "start_read_time"),
-        ({"timestamp_policy": "CreateTime"}, "timestamp_policy"),
         (
             {"key_deserializer": "org.apache.kafka.common.serialization.LongDeserializer"},
             "key_deserializer",
         ),
         ({"with_metadata": True}, "with_metadata"),
     ],
-    ids=["start_read_time", "timestamp_policy", "key_deserializer", "with_metadata"],
+    ids=["start_read_time", "key_deserializer", "with_metadata"],
 )
 def test_unsupported_read_from_kafka_argument_fails_at_construction(pool, argument, field):
     from apache_beam.io.kafka import ReadFromKafka

@@ -370,7 +370,7 @@ def test_nothing_lost_when_the_write_fails_mid_run_and_the_job_is_rerun(
     (ReadFromKafka, {"with_metadata": True}, "with_metadata"),
     (ReadFromKafka, {"start_read_time": 1700000000000}, "start_read_time"),
     (ReadFromKafka, {"redistribute": True}, "redistribute"),
-    (ReadFromKafka, {"timestamp_policy": "CreateTime"}, "timestamp_policy"),
+    (ReadFromKafka, {"timestamp_policy": "EventTime"}, "timestamp_policy"),
     (ReadFromKafka, {"key_deserializer":
                      "org.apache.kafka.common.serialization.StringDeserializer"},
      "key_deserializer"),

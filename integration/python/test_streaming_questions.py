@@ -126,3 +126,72 @@ class WindowedJob(StreamingJob):
              | WriteToKafka(producer_config={"bootstrap.servers": bootstrap}, topic=sink,
                             expansion_service=exp))
         self.result = p.run()
+
+
+def stamp_with_event_time(kv, ts=beam.DoFn.TimestampParam):
+    return kv[0], b"%d" % (ts.micros // 1000)
+
+
+@pytest.mark.runners("embedded", "prism", "flink-streaming")
+def test_create_time_policy_stamps_records_with_their_kafka_timestamp(
+        rust_worker, kafka_broker, runner, request):
+    """timestamp_policy=CreateTime: each element carries its record's create
+    time (a Python step on the runner's side writes it out). Streaming read
+    on Prism and Flink; the embedded runner, which cannot run a stage after a
+    never-ending read, gets the bounded read (stop_at_end)."""
+    from confluent_kafka import Producer
+
+    if runner.is_flink:
+        # Seen here: the read's stage runs and emits (the pool logs its
+        # windows), but the Python step after it never hands anything to the
+        # write stage when records carry 2023 create times; not understood yet.
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="Flink passes nothing on after a CreateTime read with old "
+                                "record timestamps (open, see README)"))
+
+    from beam_rust_worker import KvEcho
+    from beam_rust_worker.kafka import ReadFromKafka, WriteToKafka
+
+    bootstrap = kafka_broker.address
+    source, sink = kafka_broker.topic("ts-in", 4), kafka_broker.topic("ts-out")
+    base = 1_700_000_000_000
+    expected = {b"ts-%d" % i: b"%d" % (base + i * 1000) for i in range(40)}
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key, millis in expected.items():
+        producer.produce(source, key=key, value=b"v", timestamp=int(millis))
+    assert producer.flush(30) == 0
+
+    bounded = runner.name == "embedded"
+    args = [a for a in runner.args() if not a.startswith(
+        ("--shutdown_sources_after_idle_ms", "--checkpointing_interval"))]
+    if runner.is_flink:
+        args += ["--checkpointing_interval=1000", "--finish_bundle_before_checkpointing"]
+    if runner.name == "prism":
+        args.append("--streaming")
+    exp = rust_worker.expansion_address
+    p = beam.Pipeline(options=PipelineOptions(args))
+    _ = (p
+         | ReadFromKafka(consumer_config={"bootstrap.servers": bootstrap,
+                                          "auto.offset.reset": "earliest"},
+                         topics=[source], timestamp_policy="CreateTime",
+                         stop_at_end=bounded, expansion_service=exp)
+         | KvEcho(expansion_service=exp)
+         | beam.Map(stamp_with_event_time).with_output_types(
+             beam.typehints.Tuple[bytes, bytes])
+         | WriteToKafka(producer_config={"bootstrap.servers": bootstrap}, topic=sink,
+                        expansion_service=exp))
+    result = p.run()
+    try:
+        if bounded:
+            result.wait_until_finish()
+        deadline = time.monotonic() + 120
+        got = {}
+        while len(got) < len(expected) and time.monotonic() < deadline:
+            got = dict(read_topic(bootstrap, sink))
+            time.sleep(1)
+    finally:
+        if not bounded:
+            result.cancel()
+            if runner.is_flink:
+                runner.services.stop("flink")
+    assert got == expected

@@ -49,6 +49,10 @@ class _ReadConfig(typing.NamedTuple):
     max_read_time: typing.Optional[int]
     commit_offset_in_finalize: bool
     stop_at_end: bool
+    timestamp_policy: str
+
+
+_TIMESTAMP_POLICIES = ("ProcessingTime", "LogAppendTime", "CreateTime")
 
 
 class _WriteConfig(typing.NamedTuple):
@@ -63,8 +67,8 @@ def _unsupported(transform, **given):
     if bad:
         raise ValueError(
             "beam_rust_worker.%s does not support %s. It reads and writes raw "
-            "byte keys and values (ByteArray(De)Serializer), with processing-time "
-            "timestamps, and no metadata, headers or redistribution." %
+            "byte keys and values (ByteArray(De)Serializer), with no metadata, "
+            "headers or redistribution." %
             (transform, ", ".join(bad)))
 
 
@@ -75,7 +79,8 @@ class ReadFromKafka(beam.PTransform):
 
     Keys and values are ``Optional[bytes]``: a record without a key (or a
     tombstone without a value) yields ``None``, like Java's KafkaIO with
-    ``ByteArrayDeserializer``. Timestamps are processing time, in the global
+    ``ByteArrayDeserializer``. Timestamps follow ``timestamp_policy``
+    (``ProcessingTime``, the default; ``CreateTime``; ``LogAppendTime``), in the global
     window.
 
     :param consumer_config: librdkafka consumer properties; ``bootstrap.servers``
@@ -122,8 +127,6 @@ class ReadFromKafka(beam.PTransform):
             value_deserializer=value_deserializer != _BYTE_ARRAY_DESERIALIZER and
             value_deserializer,
             start_read_time=start_read_time,
-            timestamp_policy=timestamp_policy != "ProcessingTime" and
-            timestamp_policy,
             with_metadata=with_metadata,
             redistribute=redistribute,
             redistribute_num_keys=redistribute_num_keys,
@@ -131,6 +134,10 @@ class ReadFromKafka(beam.PTransform):
             dynamic_read_poll_interval_seconds=dynamic_read_poll_interval_seconds,
             consumer_factory_fn_class=consumer_factory_fn_class,
             consumer_factory_fn_params=consumer_factory_fn_params)
+        if timestamp_policy not in _TIMESTAMP_POLICIES:
+            raise ValueError(
+                "beam_rust_worker.ReadFromKafka: timestamp_policy must be one of %s, "
+                "got %r" % (", ".join(_TIMESTAMP_POLICIES), timestamp_policy))
         # consumer_polling_timeout tunes Java's poll loop; librdkafka needs none.
         del consumer_polling_timeout
         if isinstance(topics, str):
@@ -141,7 +148,8 @@ class ReadFromKafka(beam.PTransform):
             max_num_records=max_num_records,
             max_read_time=max_read_time,
             commit_offset_in_finalize=bool(commit_offset_in_finalize),
-            stop_at_end=bool(stop_at_end))
+            stop_at_end=bool(stop_at_end),
+            timestamp_policy=timestamp_policy)
         self._expansion_service = expansion_service or DEFAULT_EXPANSION_SERVICE
 
     def expand(self, pbegin):

@@ -85,12 +85,6 @@ pub(super) const READ_INERT: &[Inert] = &[
         supported: "unset (the read starts at the consumer group's committed offsets, or where \
                     auto.offset.reset says)",
     },
-    Inert {
-        name: "timestamp_policy",
-        accepts: Accepts::Str("ProcessingTime"),
-        supported: "ProcessingTime (the bounded read stamps records with processing time; \
-                    CreateTime and LogAppendTime are not implemented yet)",
-    },
     // Tunes how long Java's consumer polls; librdkafka fetches on its own.
     Inert {
         name: "consumer_polling_timeout",
@@ -264,6 +258,24 @@ mod tests {
     }
 
     #[test]
+    fn timestamp_policies_are_kafkaios_three() {
+        use super::super::TimestampPolicy;
+        for (name, policy) in [
+            ("ProcessingTime", TimestampPolicy::ProcessingTime),
+            ("CreateTime", TimestampPolicy::CreateTime),
+            ("LogAppendTime", TimestampPolicy::LogAppendTime),
+        ] {
+            let c = read_with(("timestamp_policy", Value::Str(name.into()))).unwrap();
+            assert_eq!(c.timestamp_policy, policy);
+        }
+        let e = read_with(("timestamp_policy", Value::Str("EventTime".into()))).unwrap_err();
+        assert!(
+            e.contains("`timestamp_policy`") && e.contains("'EventTime'"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn anything_else_set_is_refused_naming_the_field_and_what_is_supported() {
         let refused = [
             (
@@ -277,11 +289,6 @@ mod tests {
                 "ByteArrayDeserializer",
             ),
             ("start_read_time", Value::Int(1_700_000_000_000), "unset"),
-            (
-                "timestamp_policy",
-                Value::Str("CreateTime".into()),
-                "ProcessingTime",
-            ),
             ("redistribute", Value::Bool(true), "false"),
             ("redistribute_num_keys", Value::Int(8), "0"),
             ("allow_duplicates", Value::Bool(true), "false"),

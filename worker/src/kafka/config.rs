@@ -15,6 +15,7 @@ const READ_FIELDS: &[&str] = &[
     "max_read_time",
     "commit_offset_in_finalize",
     "stop_at_end",
+    "timestamp_policy",
 ];
 const WRITE_FIELDS: &[&str] = &["producer_config", "topic"];
 
@@ -33,6 +34,37 @@ pub struct ReadConfig {
     /// Read to the end of each partition as the read gets there, then stop
     /// (beam-rust-worker's own setting; Beam's schema has no such field).
     pub stop_at_end: bool,
+    /// Where records' timestamps come from.
+    pub timestamp_policy: TimestampPolicy,
+}
+
+/// KafkaIO's `timestamp_policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampPolicy {
+    /// The time the read takes the record (the default).
+    #[default]
+    ProcessingTime,
+    /// The broker's append time: the record's timestamp, on a topic with
+    /// `message.timestamp.type=LogAppendTime`.
+    LogAppendTime,
+    /// The producer's timestamp in the record.
+    CreateTime,
+}
+
+impl TimestampPolicy {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "ProcessingTime" => Some(Self::ProcessingTime),
+            "LogAppendTime" => Some(Self::LogAppendTime),
+            "CreateTime" => Some(Self::CreateTime),
+            _ => None,
+        }
+    }
+
+    /// True when timestamps come from the records themselves.
+    pub fn from_records(self) -> bool {
+        self != Self::ProcessingTime
+    }
 }
 
 /// A write to one topic.
@@ -69,12 +101,21 @@ impl ReadConfig {
                 "`commit_offset_in_finalize` needs a `group.id` in `consumer_config`".into(),
             ));
         }
+        let timestamp_policy = match c.string("timestamp_policy").map_err(|e| err(e.to_string()))? {
+            None => TimestampPolicy::default(),
+            Some(v) => TimestampPolicy::parse(&v).ok_or_else(|| {
+                err(format!(
+                    "`timestamp_policy` must be ProcessingTime, LogAppendTime or CreateTime, got '{v}'"
+                ))
+            })?,
+        };
         let stop_at_end = c
             .bool("stop_at_end")
             .map_err(|e| err(e.to_string()))?
             .unwrap_or(false);
         Ok(Self {
             stop_at_end,
+            timestamp_policy,
             max_num_records: non_negative("max_num_records")?,
             max_read_time: non_negative("max_read_time")?.map(Duration::from_secs),
             consumer,

@@ -13,7 +13,7 @@ pub use beam_schema::{
     BEAM_KAFKA_READ_URN, BEAM_KAFKA_READ_WITH_METADATA_URN, BEAM_KAFKA_URNS, BEAM_KAFKA_WRITE_URN,
     BEAM_KAFKA_WRITE_WITH_HEADERS_URN, refusal,
 };
-pub use config::{ReadConfig, WriteConfig};
+pub use config::{ReadConfig, TimestampPolicy, WriteConfig};
 pub use read::{PendingCommit, ReadOutcome, read};
 pub use write::{Producers, Writer};
 

@@ -152,7 +152,14 @@ impl TopicRead {
             if at_end.get(&message.partition()) != Some(&false) || !self.take_one() {
                 continue;
             }
-            encode_record(&self.wire, message.key(), message.payload(), &mut buf)?;
+            let millis = record_time(self.config.timestamp_policy, &message);
+            encode_record(
+                &self.wire,
+                millis,
+                message.key(),
+                message.payload(),
+                &mut buf,
+            )?;
             records += 1;
             in_buf += 1;
             next.insert(message.partition(), message.offset() + 1);
@@ -291,18 +298,34 @@ pub(super) fn take_chunk(buf: &mut BytesMut, elements: &mut u64) -> Chunk {
     }
 }
 
-/// A record as KafkaIO emits it: processing-time timestamp, global window,
-/// no firing, `KV<nullable bytes, nullable bytes>`.
+/// Milliseconds since the epoch, now.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+/// A record's timestamp under `policy`: its own (create or log-append time)
+/// when it carries one, else now.
+pub(super) fn record_time(policy: super::TimestampPolicy, message: &impl Message) -> i64 {
+    if policy.from_records()
+        && let Some(millis) = message.timestamp().to_millis()
+    {
+        return millis;
+    }
+    now_ms()
+}
+
+/// A record as KafkaIO emits it: timestamp `millis`, global window, no firing,
+/// `KV<nullable bytes, nullable bytes>`.
 pub(super) fn encode_record(
     wire: &WireCoder,
+    millis: i64,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     out: &mut BytesMut,
 ) -> Result<(), KafkaError> {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64;
     let mut metadata = [0u8; 13];
     metadata[..8].copy_from_slice(&encode_timestamp(millis));
     metadata[8..12].copy_from_slice(&1u32.to_be_bytes());

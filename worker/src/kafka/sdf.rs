@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use beam_proto::fn_execution::{BundleApplication, DelayedBundleApplication};
@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::ops::record_coder;
-use super::read::{client, committed_offsets, encode_record, take_chunk};
+use super::read::{client, committed_offsets, encode_record, now_ms, record_time, take_chunk};
 use super::{KafkaError, LOOKUP_TIMEOUT, ReadConfig, blocking, partitions_of};
 use crate::coders::WireCoder;
 use crate::ops::{
@@ -55,6 +55,9 @@ const LINGER: Duration = Duration::from_millis(5);
 /// ... and records arriving steadily are sent at least this often: latency
 /// stays in milliseconds without making chunks of a few records each.
 const MAX_BUFFER_AGE: Duration = Duration::from_millis(20);
+/// With record timestamps, how far behind the clock an idle partition's
+/// watermark stays.
+const IDLE_WATERMARK_LAG: Duration = Duration::from_secs(2);
 /// How long the consumer-lag metric's end-offset look-up may take.
 const LAG_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Restriction start meaning "not resolved yet".
@@ -443,7 +446,10 @@ impl PartitionRead {
         if next < self.sized.end {
             // Idle, or interrupted: ask to be called again in a while.
             let pause = window.records == 0 || window.interrupted;
-            outcome.residuals.push(self.residual(next, pause)?);
+            let watermark_ms = self.watermark(&window);
+            outcome
+                .residuals
+                .push(self.residual(next, pause, watermark_ms)?);
         }
         Ok(outcome)
     }
@@ -463,6 +469,7 @@ impl PartitionRead {
         let mut in_buf = 0u64;
         let mut buffered_since = Instant::now();
         let mut interrupted = false;
+        let mut newest_ms = i64::MIN;
         while next < self.sized.end {
             let wait_until = if buf.is_empty() {
                 deadline
@@ -478,7 +485,15 @@ impl PartitionRead {
                     if buf.is_empty() {
                         buffered_since = Instant::now();
                     }
-                    encode_record(&self.wire, message.key(), message.payload(), &mut buf)?;
+                    let millis = record_time(self.config.timestamp_policy, &message);
+                    newest_ms = newest_ms.max(millis);
+                    encode_record(
+                        &self.wire,
+                        millis,
+                        message.key(),
+                        message.payload(),
+                        &mut buf,
+                    )?;
                     next = message.offset() + 1;
                     records += 1;
                     in_buf += 1;
@@ -523,6 +538,7 @@ impl PartitionRead {
             next,
             records,
             interrupted,
+            newest_ms,
         })
     }
 
@@ -543,10 +559,28 @@ impl PartitionRead {
     }
 
     /// The rest of the partition, from `next`, for the runner to hand back.
-    fn residual(&self, next: i64, pause: bool) -> Result<DelayedBundleApplication, OpError> {
-        // Records are stamped with processing time, so "now" is a lower bound
-        // on every record still to come; never report less than before.
-        let watermark_ms = now_ms().max(self.sized.watermark_ms);
+    /// The partition's watermark after `window`, never less than before.
+    /// Processing time: "now" bounds every record still to come. Record
+    /// timestamps: the newest one read; an idle partition follows the clock
+    /// minus [`IDLE_WATERMARK_LAG`], as records appended now carry about now
+    /// (a producer setting older create times makes its records late).
+    fn watermark(&self, window: &Window) -> i64 {
+        let estimate = if !self.config.timestamp_policy.from_records() {
+            now_ms()
+        } else if window.records > 0 {
+            window.newest_ms
+        } else {
+            now_ms() - IDLE_WATERMARK_LAG.as_millis() as i64
+        };
+        estimate.max(self.sized.watermark_ms)
+    }
+
+    fn residual(
+        &self,
+        next: i64,
+        pause: bool,
+        watermark_ms: i64,
+    ) -> Result<DelayedBundleApplication, OpError> {
         let value = Value::kv(
             Value::kv(
                 self.sized.element.clone(),
@@ -616,13 +650,6 @@ impl PartitionRead {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
-}
-
 /// How one read window ended.
 struct Window {
     /// The next offset to read.
@@ -630,6 +657,8 @@ struct Window {
     records: u64,
     /// The broker could not be read; the window ended early.
     interrupted: bool,
+    /// The newest record timestamp read (i64::MIN for none).
+    newest_ms: i64,
 }
 
 /// A consumer assigned to one partition, and where it stands.
