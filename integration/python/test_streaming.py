@@ -53,23 +53,27 @@ with beam.Pipeline(options=PipelineOptions(sys.argv[6:])) as p:
 """
 
 
+def streaming_args(runner):
+    """Pipeline options for a job with the never-ending read on `runner`."""
+    args = [a for a in runner.args()
+            if not a.startswith(("--shutdown_sources_after_idle_ms", "--checkpointing_interval"))]
+    if runner.is_flink:
+        # Without finish_bundle_before_checkpointing, a checkpoint that lands
+        # while the partition-listing bundle runs strands that bundle's output
+        # in Flink's operator buffer for good (Beam 2.62: nothing flushes it
+        # once the impulse's input has ended).
+        args += ["--checkpointing_interval=1000", "--finish_bundle_before_checkpointing"]
+    if runner.name == "prism":
+        args.append("--streaming")
+    return args
+
+
 class StreamingJob:
     """A running streaming echo job on `runner`, stopped by `stop()`."""
 
     def __init__(self, runner, worker, bootstrap, source, sink, group, extra_args=()):
         self.runner = runner
-        args = [a for a in runner.args()
-                if not a.startswith(("--shutdown_sources_after_idle_ms",
-                                     "--checkpointing_interval"))]
-        if runner.is_flink:
-            # Without finish_bundle_before_checkpointing, a checkpoint that
-            # lands while the partition-listing bundle runs strands that
-            # bundle's output in Flink's operator buffer for good (Beam 2.62:
-            # nothing flushes it once the impulse's input has ended).
-            args += ["--checkpointing_interval=1000", "--finish_bundle_before_checkpointing"]
-        args += list(extra_args)
-        if runner.name == "prism":
-            args.append("--streaming")
+        args = streaming_args(runner) + list(extra_args)
         self.args = [bootstrap, source, sink, group, worker.expansion_address] + args
         self.process = None
         self.result = None

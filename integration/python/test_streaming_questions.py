@@ -20,7 +20,7 @@ from apache_beam.transforms import window
 
 from conftest import sample_sum
 from test_kafka import read_topic
-from test_streaming import StreamingJob, produce_at_rate
+from test_streaming import StreamingJob, produce_at_rate, streaming_args
 
 #: Windows per idle partition per second, as each runner treats the 1 s delay.
 EXPECTED_DELAY = {
@@ -104,14 +104,8 @@ class WindowedJob(StreamingJob):
         from beam_rust_worker.kafka import ReadFromKafka, WriteToKafka
 
         self.runner, self.process = runner, None
-        args = [a for a in runner.args()
-                if not a.startswith(("--shutdown_sources_after_idle_ms",
-                                     "--checkpointing_interval"))]
-        if runner.is_flink:
-            args += ["--checkpointing_interval=1000", "--finish_bundle_before_checkpointing"]
-        if runner.name == "prism":
-            args.append("--streaming")
         exp = worker.expansion_address
+        args = streaming_args(runner)
         p = beam.Pipeline(options=PipelineOptions(args))
         _ = (p
              | ReadFromKafka(consumer_config={"bootstrap.servers": bootstrap,
@@ -162,12 +156,7 @@ def test_create_time_policy_stamps_records_with_their_kafka_timestamp(
     assert producer.flush(30) == 0
 
     bounded = runner.name == "embedded"
-    args = [a for a in runner.args() if not a.startswith(
-        ("--shutdown_sources_after_idle_ms", "--checkpointing_interval"))]
-    if runner.is_flink:
-        args += ["--checkpointing_interval=1000", "--finish_bundle_before_checkpointing"]
-    if runner.name == "prism":
-        args.append("--streaming")
+    args = streaming_args(runner)
     exp = rust_worker.expansion_address
     p = beam.Pipeline(options=PipelineOptions(args))
     _ = (p

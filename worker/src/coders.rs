@@ -129,45 +129,11 @@ impl WireCoder {
         id: &str,
         coders: &HashMap<String, Coder>,
     ) -> Result<WireCoder, CoderResolveError> {
-        let (urn, coder) = lookup(id, coders)?;
-        let components = &coder.component_coder_ids;
-        if urn != WINDOWED_VALUE_URN && urn != PARAM_WINDOWED_VALUE_URN {
-            return Err(unsupported(
-                id,
-                urn,
-                "a data port's coder must be a windowed value",
-            ));
-        }
-        let [elem_id, window_id] = components.as_slice() else {
-            return Err(unsupported(
-                id,
-                urn,
-                "expected 2 components (element, window)",
-            ));
-        };
-        let window = resolve_window(window_id, coders)?;
-        let element = resolve_element(elem_id, coders)?;
-        let framing = if urn == WINDOWED_VALUE_URN {
-            Framing::Windowed
-        } else {
-            let payload = coder
-                .spec
-                .as_ref()
-                .map(|s| s.payload.clone())
-                .unwrap_or_default();
-            let len = metadata_len(&payload, window).map_err(|e| {
-                unsupported(
-                    id,
-                    urn,
-                    &format!("its payload is not a windowed value: {e}"),
-                )
-            })?;
-            Framing::Param(payload.slice(..len))
-        };
+        let (elem_id, window, framing) = windowed_parts(id, coders)?;
         Ok(WireCoder {
             framing,
             window,
-            element,
+            element: resolve_element(elem_id, coders)?,
         })
     }
 
@@ -255,6 +221,48 @@ impl fmt::Display for WireCoder {
             ElementCoder::Bytes => write!(f, "{framing}(bytes, {:?})", self.window),
         }
     }
+}
+
+/// A data port's windowed-value coder taken apart: the id of its element
+/// coder, its window coder and how its metadata travels.
+pub(crate) fn windowed_parts<'a>(
+    id: &str,
+    coders: &'a HashMap<String, Coder>,
+) -> Result<(&'a str, WindowCoder, Framing), CoderResolveError> {
+    let (urn, coder) = lookup(id, coders)?;
+    if urn != WINDOWED_VALUE_URN && urn != PARAM_WINDOWED_VALUE_URN {
+        return Err(unsupported(
+            id,
+            urn,
+            "a data port's coder must be a windowed value",
+        ));
+    }
+    let [elem_id, window_id] = coder.component_coder_ids.as_slice() else {
+        return Err(unsupported(
+            id,
+            urn,
+            "expected 2 components (element, window)",
+        ));
+    };
+    let window = resolve_window(window_id, coders)?;
+    let framing = if urn == WINDOWED_VALUE_URN {
+        Framing::Windowed
+    } else {
+        let payload = coder
+            .spec
+            .as_ref()
+            .map(|s| s.payload.clone())
+            .unwrap_or_default();
+        let len = metadata_len(&payload, window).map_err(|e| {
+            unsupported(
+                id,
+                urn,
+                &format!("its payload is not a windowed value: {e}"),
+            )
+        })?;
+        Framing::Param(payload.slice(..len))
+    };
+    Ok((elem_id.as_str(), window, framing))
 }
 
 /// Checks that `id` is a `kv` element coder this worker can carry; used by

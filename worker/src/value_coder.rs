@@ -13,8 +13,8 @@ use beam_proto::pipeline::Coder;
 use bytes::{BufMut, Bytes};
 
 use crate::coders::{
-    self, CoderError, CoderResolveError, Framing, Reader, WindowCoder, lookup, metadata_len,
-    put_varint, resolve_window, skip_metadata, unsupported,
+    self, CoderError, CoderResolveError, Framing, Reader, WindowCoder, lookup, put_varint,
+    skip_metadata, unsupported, windowed_parts,
 };
 
 pub const STRING_UTF8_URN: &str = "beam:coder:string_utf8:v1";
@@ -99,40 +99,7 @@ impl WindowedCoder {
         id: &str,
         coders: &HashMap<String, Coder>,
     ) -> Result<WindowedCoder, CoderResolveError> {
-        let (urn, coder) = lookup(id, coders)?;
-        let [elem_id, window_id] = coder.component_coder_ids.as_slice() else {
-            return Err(unsupported(
-                id,
-                urn,
-                "expected 2 components (element, window)",
-            ));
-        };
-        let window = resolve_window(window_id, coders)?;
-        let framing = match urn {
-            coders::WINDOWED_VALUE_URN => Framing::Windowed,
-            coders::PARAM_WINDOWED_VALUE_URN => {
-                let payload = coder
-                    .spec
-                    .as_ref()
-                    .map(|s| s.payload.clone())
-                    .unwrap_or_default();
-                let len = metadata_len(&payload, window).map_err(|e| {
-                    unsupported(
-                        id,
-                        urn,
-                        &format!("its payload is not a windowed value: {e}"),
-                    )
-                })?;
-                Framing::Param(payload.slice(..len))
-            }
-            _ => {
-                return Err(unsupported(
-                    id,
-                    urn,
-                    "a data port's coder must be a windowed value",
-                ));
-            }
-        };
+        let (elem_id, window, framing) = windowed_parts(id, coders)?;
         Ok(WindowedCoder {
             framing,
             window,

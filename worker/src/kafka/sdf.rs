@@ -32,7 +32,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::ops::record_coder;
-use super::read::{client, committed_offsets, encode_record, now_ms, record_time, take_chunk};
+use super::read::{
+    client, committed_offsets, consumer, encode_record, now_ms, record_time, take_chunk,
+};
 use super::{KafkaError, LOOKUP_TIMEOUT, ReadConfig, blocking, partitions_of};
 use crate::coders::WireCoder;
 use crate::ops::{
@@ -670,22 +672,8 @@ struct PartitionReader {
 
 impl PartitionReader {
     fn new(config: &ReadConfig) -> Result<Self, KafkaError> {
-        let mut c = ClientConfig::new();
-        for (k, v) in &config.consumer {
-            c.set(k, v);
-        }
-        // Offsets are committed only after the runner finalizes the bundle.
-        c.set("enable.auto.commit", "false");
-        c.set("enable.partition.eof", "false");
-        if !config.consumer.contains_key("group.id") {
-            c.set("group.id", "beam-rust-worker-uncommitted");
-        }
-        let consumer = c.create().map_err(|e| KafkaError::Config {
-            transform: "Kafka read",
-            why: format!("consumer_config rejected by the Kafka client: {e}"),
-        })?;
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer: Arc::new(consumer(config, false)?),
             next: -1,
         })
     }
