@@ -136,8 +136,8 @@ class ReadFromKafka(beam.PTransform):
             consumer_factory_fn_params=consumer_factory_fn_params)
         if timestamp_policy not in _TIMESTAMP_POLICIES:
             raise ValueError(
-                "beam_rust_worker.ReadFromKafka: timestamp_policy must be one of %s, "
-                "got %r" % (", ".join(_TIMESTAMP_POLICIES), timestamp_policy))
+                "beam_rust_worker.ReadFromKafka does not support timestamp_policy=%r; "
+                "it takes one of %s" % (timestamp_policy, ", ".join(_TIMESTAMP_POLICIES)))
         # consumer_polling_timeout tunes Java's poll loop; librdkafka needs none.
         del consumer_polling_timeout
         if isinstance(topics, str):
