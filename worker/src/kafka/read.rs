@@ -152,14 +152,7 @@ impl TopicRead {
             if at_end.get(&message.partition()) != Some(&false) || !self.take_one() {
                 continue;
             }
-            let millis = record_time(self.config.timestamp_policy, &message);
-            encode_record(
-                &self.wire,
-                millis,
-                message.key(),
-                message.payload(),
-                &mut buf,
-            )?;
+            encode_message(&self.wire, self.config.timestamp_policy, &message, &mut buf)?;
             records += 1;
             in_buf += 1;
             next.insert(message.partition(), message.offset() + 1);
@@ -317,7 +310,7 @@ pub(super) fn now_ms() -> i64 {
 
 /// A record's timestamp under `policy`: its own (create or log-append time)
 /// when it carries one, else now.
-pub(super) fn record_time(policy: super::TimestampPolicy, message: &impl Message) -> i64 {
+fn record_time(policy: super::TimestampPolicy, message: &impl Message) -> i64 {
     if policy.from_records()
         && let Some(millis) = message.timestamp().to_millis()
     {
@@ -326,9 +319,21 @@ pub(super) fn record_time(policy: super::TimestampPolicy, message: &impl Message
     now_ms()
 }
 
+/// Appends `message` as a record stamped per `policy`; returns its timestamp.
+pub(super) fn encode_message(
+    wire: &WireCoder,
+    policy: super::TimestampPolicy,
+    message: &impl Message,
+    out: &mut BytesMut,
+) -> Result<i64, KafkaError> {
+    let millis = record_time(policy, message);
+    encode_record(wire, millis, message.key(), message.payload(), out)?;
+    Ok(millis)
+}
+
 /// A record as KafkaIO emits it: timestamp `millis`, global window, no firing,
 /// `KV<nullable bytes, nullable bytes>`.
-pub(super) fn encode_record(
+fn encode_record(
     wire: &WireCoder,
     millis: i64,
     key: Option<&[u8]>,

@@ -32,9 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::ops::record_coder;
-use super::read::{
-    client, committed_offsets, consumer, encode_record, now_ms, record_time, take_chunk,
-};
+use super::read::{client, committed_offsets, consumer, encode_message, now_ms, take_chunk};
 use super::{KafkaError, LOOKUP_TIMEOUT, ReadConfig, blocking, partitions_of};
 use crate::coders::WireCoder;
 use crate::ops::{
@@ -487,15 +485,13 @@ impl PartitionRead {
                     if buf.is_empty() {
                         buffered_since = Instant::now();
                     }
-                    let millis = record_time(self.config.timestamp_policy, &message);
-                    newest_ms = newest_ms.max(millis);
-                    encode_record(
+                    let millis = encode_message(
                         &self.wire,
-                        millis,
-                        message.key(),
-                        message.payload(),
+                        self.config.timestamp_policy,
+                        &message,
                         &mut buf,
                     )?;
+                    newest_ms = newest_ms.max(millis);
                     next = message.offset() + 1;
                     records += 1;
                     in_buf += 1;
