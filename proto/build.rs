@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "org/apache/beam/model/fn_execution/v1/beam_fn_api.proto",
     "org/apache/beam/model/fn_execution/v1/beam_provision_api.proto",
     "org/apache/beam/model/expansion/v1/beam_expansion_api.proto",
+    "org/apache/beam/model/job_management/v1/beam_artifact_api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

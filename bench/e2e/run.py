@@ -3,6 +3,7 @@
   run.py seed  --records N     the seed's setup, checked record by record
                                (scripts/seed-baseline.sh calls this)
   run.py bench [--quick] ...   (a) seed, (b) Java KafkaIO + KvEcho, (c) all ours,
+                               (d) the seed with our pool instead of Beam's,
                                interleaved, throughput / latency / CPU / RSS
 
 Every service runs on loopback, in a private services.sh state folder, and is
@@ -51,6 +52,7 @@ class Services:
 
     def __init__(self, state, pool_dir=os.path.join(HERE, "seed")):
         self.state = state
+        self.pool_dir = pool_dir
         # PYTHON_POOL_DIR: the Python workers import the seed's `worker` module from there.
         self.env = dict(os.environ, SERVICES_STATE=state, PYTHON_POOL_DIR=pool_dir,
                         PYTHONDONTWRITEBYTECODE="1", **SEED_PORTS)
@@ -105,7 +107,12 @@ class Services:
         self.rust_log = os.path.join(self.state, "rust-pool.log")
         self.rust = subprocess.Popen(
             [WORKER_BIN, "--port", str(RUST_POOL_PORT), "--expansion-port", str(RUST_EXPANSION_PORT),
-             "--advertise", "localhost:%d" % RUST_POOL_PORT, "--log-level", "warn"],
+             "--advertise", "localhost:%d" % RUST_POOL_PORT,
+             # (d): the seed's Map in delegated Python workers; they print every
+             # record, which is logged as Beam's pool logs it.
+             "--python", PY, "--log-level", "info"],
+            # Started where Beam's pool is (PYTHON_POOL_DIR), so `import worker` works alike.
+            cwd=self.pool_dir,
             stdout=open(self.rust_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 30
         while not accepts(RUST_EXPANSION_PORT):
@@ -209,7 +216,7 @@ def make_record(tag, i):
 
 
 def expected(variant, key, value):
-    if variant == "a":  # the seed's kafka_record_processor: str() of each bytes
+    if variant in SEED_MAP:  # the seed's kafka_record_processor: str() of each bytes
         return str(key.encode()), str(value.encode())
     return key, value
 
@@ -466,7 +473,11 @@ VARIANT_NAMES = {
     "a": "seed: Java KafkaIO + Python Map (Python pool)",
     "b": "Java KafkaIO + our KvEcho",
     "c": "our read + KvEcho + write (one stage)",
+    "d": "seed with our pool: Java KafkaIO + Python Map (our pool, delegated)",
 }
+
+#: Variants running the seed's Python Map (its output is str() of the input).
+SEED_MAP = ("a", "d")
 
 
 def submit(variant, tag, in_topic, out_topic, workdir, idle_ms=5000):
@@ -477,7 +488,7 @@ def submit(variant, tag, in_topic, out_topic, workdir, idle_ms=5000):
          "--input-topic", in_topic, "--output-topic", out_topic, "--group", "g-" + tag,
          "--job-name", job_name, "--rust-expansion", "localhost:%d" % RUST_EXPANSION_PORT,
          "--rust-pool", "localhost:%d" % RUST_POOL_PORT, "--idle-ms", str(idle_ms)],
-        cwd=os.path.join(HERE, "seed") if variant == "a" else HERE,
+        cwd=os.path.join(HERE, "seed") if variant in SEED_MAP else HERE,
         env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     return p, job_name, logf.name
 
@@ -594,7 +605,7 @@ def latency_run(svc, variant, rep, rate, secs, workdir, timeout):
     sent = dump_timestamps(in_t)
     lat = []
     for t, k, _ in recs:
-        ik = k[2:-1] if variant == "a" else k
+        ik = k[2:-1] if variant in SEED_MAP else k
         if ik in sent:
             lat.append(t - sent[ik])
     lat.sort()
@@ -836,7 +847,8 @@ def main():
     b = sub.add_parser("bench", help="side-by-side benchmark (item 5)")
     b.add_argument("--records", type=int, default=None, help="backlog per throughput run (default 1,000,000; --quick 2,000)")
     b.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
-    b.add_argument("--variants", default="abc")
+    b.add_argument("--variants", default="abc",
+                   help="any of a, b, c, d (d: the seed with our pool in place of Beam's)")
     b.add_argument("--latency-rate", type=int, default=2000)
     b.add_argument("--latency-secs", type=int, default=None,
                    help="latency phase per repetition, 0 = none (default 60; --quick 0)")

@@ -13,6 +13,8 @@ Variants (same Kafka topics, Flink job server and pipeline options):
      -> KvEcho (our pool) -> Java KafkaIO write. Default environment EXTERNAL at
      our pool (nothing Python is left in the pipeline).
   c  our read -> KvEcho -> our write: one fused stage in our pool.
+  d  the seed as in (a) with only the pool swapped: its EXTERNAL environment is
+     our pool, which runs the Map in a delegated Python SDK worker.
 """
 
 import argparse
@@ -46,7 +48,7 @@ def seed_options(job_server, pool, extra):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", choices="abc", required=True)
+    ap.add_argument("--variant", choices="abcd", required=True)
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--input-topic", required=True)
     ap.add_argument("--output-topic", required=True)
@@ -62,7 +64,7 @@ def main():
 
     import apache_beam as beam
 
-    if args.variant == "a":
+    if args.variant in ("a", "d"):
         sys.path.insert(0, os.path.join(HERE, "seed"))
         import pipeline as seed  # bench/e2e/seed/pipeline.py
         seed.bootstrap_servers = args.bootstrap
@@ -71,8 +73,10 @@ def main():
         seed.output_topic = args.output_topic
         seed.expansion_service = args.java_expansion
         p = seed.init_pipeline()
-        from apache_beam.options.pipeline_options import GoogleCloudOptions
+        from apache_beam.options.pipeline_options import GoogleCloudOptions, PortableOptions
         p.options.view_as(GoogleCloudOptions).job_name = args.job_name
+        if args.variant == "d":
+            p.options.view_as(PortableOptions).environment_config = args.rust_pool
         seed.run_pipeline(p)  # blocks until the job is cancelled
         return
 

@@ -319,7 +319,7 @@ def sample_sum(exposition: str, name: str, **labels) -> float:
 class RustWorker(Process):
     """The pool with its expansion service on free ports; `extra` flags added."""
 
-    def __init__(self, binary, *extra, name="rust-worker", ports=None):
+    def __init__(self, binary, *extra, name="rust-worker", ports=None, cwd=REPO):
         # Fixed `ports` (pool, expansion) let a test restart a pool where the
         # runner expects it.
         self.pool_port, self.expansion_port = ports or (free_port(), free_port())
@@ -340,6 +340,7 @@ class RustWorker(Process):
                 "--metrics-port", self.metrics_port,
                 *extra,
             ],
+            cwd=cwd,
         )
         self.wait_for_ports(self.pool_port, self.expansion_port, self.metrics_port)
 

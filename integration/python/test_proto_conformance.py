@@ -38,6 +38,7 @@ BEAM_MODULES = [
     "beam_fn_api_pb2",
     "beam_provision_api_pb2",
     "beam_expansion_api_pb2",
+    "beam_artifact_api_pb2",
     "schema_pb2",
     "external_transforms_pb2",
 ]

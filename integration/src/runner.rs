@@ -20,6 +20,13 @@ use beam_proto::fn_execution::{
     ProvisionInfo, StartWorkerRequest, StartWorkerResponse, StopWorkerRequest, StopWorkerResponse,
     log_entry,
 };
+use beam_proto::job_management::artifact_retrieval_service_server::{
+    ArtifactRetrievalService, ArtifactRetrievalServiceServer,
+};
+use beam_proto::job_management::{GetArtifactRequest, GetArtifactResponse};
+use beam_proto::pipeline::{ArtifactInformation, ArtifactStagingToRolePayload};
+use bytes::Bytes;
+use prost::Message;
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use tokio::net::TcpListener;
@@ -65,6 +72,11 @@ pub struct RunnerOptions {
     /// `Elements` message from a Data stream, so the worker's output backs
     /// up behind HTTP/2 flow control.
     pub data_read_delay: Option<Duration>,
+    /// Files the pipeline "staged", as `(staged name, content)`: listed in
+    /// `ProvisionInfo.dependencies` (role `staging_to`) and served by
+    /// `ArtifactRetrievalService/GetArtifact` in chunks, as Flink's job
+    /// server serves a pipeline's pickled main session.
+    pub artifacts: Vec<(String, Bytes)>,
 }
 
 impl Default for RunnerOptions {
@@ -74,6 +86,7 @@ impl Default for RunnerOptions {
             timeout: Duration::from_secs(60),
             coalesce_data: 1,
             data_read_delay: None,
+            artifacts: Vec::new(),
         }
     }
 }
@@ -133,6 +146,7 @@ impl TestRunner {
         let services = Services {
             shared: shared.clone(),
             data_read_delay: options.data_read_delay,
+            artifacts: Arc::new(options.artifacts),
         };
         let router = Server::builder()
             .tcp_nodelay(true)
@@ -154,10 +168,11 @@ impl TestRunner {
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                ProvisionServiceServer::new(services)
+                ProvisionServiceServer::new(services.clone())
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
-            );
+            )
+            .add_service(ArtifactRetrievalServiceServer::new(services));
         let (stop, stopped) = oneshot::channel::<()>();
         // `Server::tcp_nodelay` is ignored for a caller-made listener; without
         // TCP_NODELAY on the accepted sockets, Nagle's algorithm and the
@@ -407,6 +422,8 @@ struct Services {
     shared: Arc<Shared>,
     /// See [`RunnerOptions::data_read_delay`].
     data_read_delay: Option<Duration>,
+    /// See [`RunnerOptions::artifacts`].
+    artifacts: Arc<Vec<(String, Bytes)>>,
 }
 
 impl Services {
@@ -657,11 +674,62 @@ impl ProvisionService for Services {
         worker.provision_calls.fetch_add(1, Ordering::Relaxed);
         let info = ProvisionInfo {
             pipeline_options: self.shared.pipeline_options.clone(),
+            dependencies: self
+                .artifacts
+                .iter()
+                .map(|(name, _)| staged(name))
+                .collect(),
             logging_endpoint: self.shared.endpoint(),
             artifact_endpoint: self.shared.endpoint(),
             control_endpoint: self.shared.endpoint(),
             ..Default::default()
         };
         Ok(Response::new(GetProvisionInfoResponse { info: Some(info) }))
+    }
+}
+
+/// Chunk size of served artifacts: small, so a test file spans several.
+const ARTIFACT_CHUNK: usize = 64 * 1024;
+
+/// How the runner describes a staged file in `ProvisionInfo.dependencies`.
+fn staged(name: &str) -> ArtifactInformation {
+    ArtifactInformation {
+        type_urn: "beam:artifact:type:file:v1".into(),
+        type_payload: Bytes::new(),
+        role_urn: "beam:artifact:role:staging_to:v1".into(),
+        role_payload: ArtifactStagingToRolePayload {
+            staged_name: name.to_string(),
+        }
+        .encode_to_vec()
+        .into(),
+    }
+}
+
+#[tonic::async_trait]
+impl ArtifactRetrievalService for Services {
+    type GetArtifactStream = ReceiverStream<std::result::Result<GetArtifactResponse, Status>>;
+
+    async fn get_artifact(
+        &self,
+        request: Request<GetArtifactRequest>,
+    ) -> std::result::Result<Response<Self::GetArtifactStream>, Status> {
+        let wanted = request.into_inner().artifact.unwrap_or_default();
+        let content = self
+            .artifacts
+            .iter()
+            .find(|(name, _)| staged(name) == wanted)
+            .map(|(_, content)| content.clone())
+            .ok_or_else(|| Status::not_found("no such artifact"))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut rest = content;
+            while !rest.is_empty() {
+                let data = rest.split_to(rest.len().min(ARTIFACT_CHUNK));
+                if tx.send(Ok(GetArtifactResponse { data })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

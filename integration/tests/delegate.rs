@@ -37,6 +37,13 @@ echo "second line on stderr" >&2
 case "$WORKER_ID" in
   crash_*) echo "Traceback: fake failure in $WORKER_ID" >&2; exit 3 ;;
   latecrash_*) sleep 1; echo "late failure in $WORKER_ID" >&2; exit 4 ;;
+  staged_*)
+    # What sdk_worker_main reads: the main session under the semi-persistent folder.
+    echo "$SEMI_PERSISTENT_DIRECTORY" > "$WORKER_ID.folder"
+    cp "$SEMI_PERSISTENT_DIRECTORY/staged/pickled_main_session" "$WORKER_ID.session"
+    sleep 1000 & echo "$!" > "$WORKER_ID.child"
+    echo "$$" > "$WORKER_ID.pid"
+    wait ;;
   stubborn_*)
     trap '' TERM
     sleep 1000 & echo "$!" > "$WORKER_ID.child"
@@ -127,6 +134,7 @@ impl Fake {
                 workdir: Some(self.dir.clone()),
                 stop_grace: STOP_GRACE,
                 startup_window: STARTUP_WINDOW,
+                staging_root: self.dir.join("staging"),
             },
             ..PoolConfig::default()
         }
@@ -584,6 +592,97 @@ async fn startworker_is_answered_once_the_worker_connects() {
     })
     .await;
     assert_no_zombies().await;
+    runner.shutdown().await;
+    pool.shutdown().await;
+}
+
+/// A session file big enough to span several `GetArtifact` chunks.
+fn main_session() -> bytes::Bytes {
+    (0..300_000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_artifacts_reach_the_worker_and_go_with_it() {
+    init_capture();
+    let fake = Fake::new("staged");
+    let pool = Pool::start(fake.config()).await;
+    let session = main_session();
+    let runner = TestRunner::start_with(RunnerOptions {
+        artifacts: vec![
+            ("pickled_main_session".into(), session.clone()),
+            (
+                "submission_environment_dependencies.txt".into(),
+                "apache-beam==2.62.0\n".into(),
+            ),
+        ],
+        ..RunnerOptions::default()
+    })
+    .await
+    .unwrap();
+    let response = start(&pool, delegated_request(&runner, "staged_1")).await;
+    assert_eq!(response.error, "");
+    fake.pid("staged_1", "pid").await;
+    let copied = std::fs::read(fake.dir.join("staged_1.session")).unwrap();
+    assert!(
+        copied == session,
+        "the worker read a different main session"
+    );
+    let folder = PathBuf::from(
+        std::fs::read_to_string(fake.dir.join("staged_1.folder"))
+            .unwrap()
+            .trim(),
+    );
+    assert!(
+        folder.starts_with(fake.dir.join("staging")),
+        "{}",
+        folder.display()
+    );
+    assert!(
+        folder
+            .join("staged/submission_environment_dependencies.txt")
+            .is_file()
+    );
+
+    let stopped = TestRunner::stop_worker(pool.addr, "staged_1", RPC_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(stopped.error, "");
+    until(
+        "the staged folder is removed",
+        Duration::from_secs(20),
+        || !folder.exists(),
+    )
+    .await;
+    runner.shutdown().await;
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_name_that_leaves_the_folder_fails_the_start_worker() {
+    init_capture();
+    let fake = Fake::new("badname");
+    let pool = Pool::start(fake.config()).await;
+    let runner = TestRunner::start_with(RunnerOptions {
+        artifacts: vec![("../escaped".into(), "x".into())],
+        ..RunnerOptions::default()
+    })
+    .await
+    .unwrap();
+    let response = start(&pool, delegated_request(&runner, "staged_bad")).await;
+    assert!(
+        response
+            .error
+            .contains("\"../escaped\" is not a plain file name")
+            && response.error.contains("staged_bad"),
+        "{}",
+        response.error
+    );
+    // Nothing was started, and nothing written beside the staging folder.
+    assert!(!fake.dir.join("staged_bad.pid").exists());
+    assert!(!fake.dir.join("escaped").exists());
     runner.shutdown().await;
     pool.shutdown().await;
 }

@@ -30,6 +30,11 @@ pub mod org {
                         tonic::include_proto!("org.apache.beam.model.expansion.v1");
                     }
                 }
+                pub mod job_management {
+                    pub mod v1 {
+                        tonic::include_proto!("org.apache.beam.model.job_management.v1");
+                    }
+                }
             }
         }
     }
@@ -37,6 +42,7 @@ pub mod org {
 
 pub use org::apache::beam::model::expansion::v1 as expansion;
 pub use org::apache::beam::model::fn_execution::v1 as fn_execution;
+pub use org::apache::beam::model::job_management::v1 as job_management;
 pub use org::apache::beam::model::pipeline::v1 as pipeline;
 
 /// Serialized `FileDescriptorSet` of every file in `proto/`, for conformance checks.

@@ -15,10 +15,11 @@
 //! environment. Each child leads its own process group, so stopping it also
 //! stops whatever it started; its output goes line by line to our log.
 //!
-//! Unlike boot, nothing is installed or retrieved per worker (no venv, no pip,
-//! no staged artifacts or pickled main session): workers use the pool's
-//! Python and run in its working directory (or `--python-workdir`), so the
-//! pipeline's own modules must be importable there.
+//! Like boot, the pool first stages the files the runner lists for the worker
+//! (the pipeline's pickled main session above all) with [`crate::artifacts`].
+//! Unlike boot, nothing is installed per worker (no venv, no pip): workers use
+//! the pool's Python and run in its working directory (or `--python-workdir`),
+//! so the pipeline's own modules import there as they do for the pipeline.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
@@ -27,8 +28,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use beam_proto::fn_execution::GetProvisionInfoRequest;
 use beam_proto::fn_execution::provision_service_client::ProvisionServiceClient;
+use beam_proto::fn_execution::{GetProvisionInfoRequest, ProvisionInfo};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -99,6 +100,11 @@ pub enum DelegateError {
     },
     #[error("the Python SDK worker for '{0}' was stopped while starting")]
     StoppedWhileStarting(String),
+    #[error(
+        "cannot stage the pipeline's files (its pickled main session, packages) for the \
+         Python SDK worker '{worker_id}': {why}"
+    )]
+    Staging { worker_id: String, why: String },
 }
 
 /// Decides from `StartWorkerRequest.params` who runs the worker.
@@ -128,6 +134,9 @@ pub struct DelegateConfig {
     /// `StartWorker` with the exit status and output. Later deaths go to the
     /// pool's log and the runner's.
     pub startup_window: Duration,
+    /// Each worker's staged artifacts go to a folder of its own under this
+    /// one, removed when the worker is gone.
+    pub staging_root: PathBuf,
 }
 
 impl Default for DelegateConfig {
@@ -137,6 +146,7 @@ impl Default for DelegateConfig {
             workdir: None,
             stop_grace: Duration::from_secs(10),
             startup_window: Duration::from_millis(1500),
+            staging_root: crate::artifacts::default_root(),
         }
     }
 }
@@ -212,15 +222,24 @@ impl Delegates {
                 return Err(e);
             }
         };
-        let provision = match &spec.provision_url {
-            Some(url) => provision_env(url, &spec.worker_id).await,
-            None => Vec::new(),
+        let info = match &spec.provision_url {
+            Some(url) => provision_info(url, &spec.worker_id).await,
+            None => None,
+        };
+        let staging = self.config.staging_root.join(spec.serial.to_string());
+        let staged = match stage_artifacts(info.as_ref(), &spec.worker_id, &staging).await {
+            Ok(staged) => staged,
+            Err(e) => {
+                remove_staging(&staging).await;
+                on_exit();
+                return Err(e);
+            }
         };
         let mut command = Command::new(&python);
         command
             .args(["-m", SDK_WORKER_MAIN])
             .envs(worker_env(&spec))
-            .envs(provision)
+            .envs(info.as_ref().map(provision_env).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -229,9 +248,19 @@ impl Delegates {
             .process_group(0)
             // Last resort if the runtime goes away without a shutdown.
             .kill_on_drop(true);
+        if staged {
+            command.env("SEMI_PERSISTENT_DIRECTORY", &staging);
+        }
         if let Some(dir) = &self.config.workdir {
             command.current_dir(dir);
         }
+        // From here on the supervisor's exit path removes the folder.
+        let on_exit = move || {
+            on_exit();
+            if staged {
+                tokio::spawn(async move { remove_staging(&staging).await });
+            }
+        };
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -359,6 +388,7 @@ impl Delegates {
     pub async fn wait_stopped(&self) {
         self.supervisors.close();
         self.supervisors.wait().await;
+        remove_staging(&self.config.staging_root).await;
     }
 }
 
@@ -555,10 +585,9 @@ fn worker_env(spec: &WorkerSpec) -> Vec<(&'static str, String)> {
     env
 }
 
-/// Pipeline options, runner capabilities and status endpoint from the
-/// runner's provision service, as Beam's boot passes them. A runner without
-/// provision still gets a worker, with default options.
-async fn provision_env(url: &str, worker_id: &str) -> Vec<(&'static str, String)> {
+/// The runner's provision info for the worker. A runner without provision
+/// still gets a worker, with default options and nothing staged.
+async fn provision_info(url: &str, worker_id: &str) -> Option<ProvisionInfo> {
     let fetch = async {
         let channel = worker_channel(url, worker_id).map_err(|e| e.to_string())?;
         ProvisionServiceClient::new(channel)
@@ -568,21 +597,63 @@ async fn provision_env(url: &str, worker_id: &str) -> Vec<(&'static str, String)
             .map(|r| r.into_inner().info)
             .map_err(|s| s.to_string())
     };
-    let info = match tokio::time::timeout(PROVISION_TIMEOUT, fetch).await {
-        Ok(Ok(Some(info))) => info,
-        Ok(Ok(None)) => return Vec::new(),
+    match tokio::time::timeout(PROVISION_TIMEOUT, fetch).await {
+        Ok(Ok(info)) => info,
         Ok(Err(e)) => {
             warn!(worker_id, error = %e, "no provision info; the Python worker gets default options");
-            return Vec::new();
+            None
         }
         Err(_) => {
             warn!(
                 worker_id,
                 "provision service did not answer in time; the Python worker gets default options"
             );
-            return Vec::new();
+            None
         }
+    }
+}
+
+/// Stages what the runner lists for the worker into `dir`, as boot does;
+/// `Ok(true)` if the worker is to be pointed at it.
+async fn stage_artifacts(
+    info: Option<&ProvisionInfo>,
+    worker_id: &str,
+    dir: &Path,
+) -> Result<bool, DelegateError> {
+    let Some(info) = info.filter(|i| !i.dependencies.is_empty()) else {
+        return Ok(false);
     };
+    let failed = |why: String| DelegateError::Staging {
+        worker_id: worker_id.to_owned(),
+        why,
+    };
+    let Some(endpoint) = info
+        .artifact_endpoint
+        .as_ref()
+        .filter(|e| !e.url.is_empty())
+    else {
+        return Err(failed(format!(
+            "the runner lists {} dependencies but no artifact endpoint to fetch them from",
+            info.dependencies.len()
+        )));
+    };
+    crate::artifacts::stage(&endpoint.url, worker_id, &info.dependencies, dir)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(true)
+}
+
+async fn remove_staging(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot remove staged artifacts"),
+    }
+}
+
+/// Pipeline options, runner capabilities and status endpoint from the
+/// runner's provision info, as Beam's boot passes them.
+fn provision_env(info: &ProvisionInfo) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
     if let Some(options) = &info.pipeline_options {
         env.push(("PIPELINE_OPTIONS", struct_json(options).to_string()));
@@ -590,7 +661,7 @@ async fn provision_env(url: &str, worker_id: &str) -> Vec<(&'static str, String)
     if !info.runner_capabilities.is_empty() {
         env.push(("RUNNER_CAPABILITIES", info.runner_capabilities.join(" ")));
     }
-    if let Some(status) = info.status_endpoint.filter(|e| !e.url.is_empty()) {
+    if let Some(status) = info.status_endpoint.as_ref().filter(|e| !e.url.is_empty()) {
         env.push(("STATUS_API_SERVICE_DESCRIPTOR", descriptor(&status.url)));
     }
     env

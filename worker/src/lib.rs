@@ -14,6 +14,7 @@
 //! with health probes, on `--metrics-port`.
 
 pub mod admin;
+pub mod artifacts;
 pub mod coders;
 pub mod config;
 pub mod control;

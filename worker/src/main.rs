@@ -213,6 +213,7 @@ async fn main() -> Result<()> {
             workdir: cli.python_workdir.clone(),
             stop_grace: Duration::from_secs(cli.python_stop_grace_secs),
             startup_window: Duration::from_millis(cli.python_startup_window_ms),
+            ..DelegateConfig::default()
         },
         connections: ConnectionLimits::default(),
     };
