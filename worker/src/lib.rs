@@ -35,4 +35,5 @@ pub mod registry;
 pub mod row;
 pub mod telemetry;
 pub mod transforms;
+pub mod trim;
 pub mod value_coder;

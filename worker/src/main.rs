@@ -22,6 +22,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Opt-in (`--features jemalloc`), for allocator comparisons only.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A native Apache Beam worker pool: runners start workers here with
 /// `--environment_type=EXTERNAL --environment_config=HOST:PORT`, and the
 /// workers run stages of this project's transforms (the key/value echo,

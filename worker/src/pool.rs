@@ -162,6 +162,7 @@ impl WorkerPool {
     fn release(&self, serial: u64) {
         if let Some(entry) = self.workers().remove(&serial) {
             telemetry::global().workers_active(entry.kind, -1);
+            crate::trim::after_release();
         }
     }
 
