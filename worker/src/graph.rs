@@ -108,6 +108,16 @@ pub fn build(descriptor: &ProcessBundleDescriptor) -> Result<StageGraph, PlanErr
                     "planning named an output '{name}' it does not have"
                 )));
             };
+            // A second producer would make the consumers planned so far read
+            // from a later node, or a node read its own output: a cycle the
+            // engine would run forever.
+            if let Some(&(other, _)) = node_of_pcoll.get(pcoll.as_str()) {
+                return Err(cx.malformed(format!(
+                    "its output PCollection '{pcoll}' is also produced by '{}'; \
+                     a PCollection has one producer",
+                    nodes.get(other).map_or(p.id, |n| n.transform_id.as_str())
+                )));
+            }
             coders.insert(pcoll, coder.clone());
             node_of_pcoll.insert(pcoll, (node, port));
             outputs.push(OutputPort {
@@ -161,5 +171,122 @@ fn classify(descriptor: &ProcessBundleDescriptor) -> Result<Vec<Pending<'_>>, Pl
         Ok(pending)
     } else {
         Err(PlanError::UnsupportedTransforms(unsupported))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beam_proto::fn_execution::RemoteGrpcPort;
+    use beam_proto::pipeline::{
+        ApiServiceDescriptor, Coder, FunctionSpec, PCollection, PTransform,
+    };
+    use prost::Message;
+
+    use crate::coders::{BYTES_URN, GLOBAL_WINDOW_URN, KV_URN, WINDOWED_VALUE_URN};
+    use crate::ops::{echo, runner};
+
+    fn coder(urn: &str, components: &[&str]) -> Coder {
+        Coder {
+            spec: Some(FunctionSpec {
+                urn: urn.into(),
+                payload: Default::default(),
+            }),
+            component_coder_ids: components.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn transform(
+        urn: &str,
+        payload: Vec<u8>,
+        input: Option<&str>,
+        output: Option<&str>,
+    ) -> PTransform {
+        let one = |pc: Option<&str>, name: &str| {
+            pc.map(|pc| HashMap::from([(name.to_string(), pc.to_string())]))
+                .unwrap_or_default()
+        };
+        PTransform {
+            spec: Some(FunctionSpec {
+                urn: urn.into(),
+                payload: payload.into(),
+            }),
+            inputs: one(input, "in"),
+            outputs: one(output, "out"),
+            ..Default::default()
+        }
+    }
+
+    /// source → echo → sink over `windowed_value(kv(bytes, bytes))`, with the
+    /// echo's output PCollection named `echo_output`.
+    fn echo_stage(echo_output: &str) -> ProcessBundleDescriptor {
+        let port = RemoteGrpcPort {
+            api_service_descriptor: Some(ApiServiceDescriptor {
+                url: "localhost:1".into(),
+                authentication: None,
+            }),
+            coder_id: "wire".into(),
+        }
+        .encode_to_vec();
+        let pcollection = PCollection {
+            coder_id: "kv".into(),
+            ..Default::default()
+        };
+        ProcessBundleDescriptor {
+            id: "stage".into(),
+            transforms: HashMap::from([
+                (
+                    "source".into(),
+                    transform(runner::SOURCE_URN, port.clone(), None, Some("in")),
+                ),
+                (
+                    "echo".into(),
+                    transform(echo::KV_ECHO_URN, Vec::new(), Some("in"), Some(echo_output)),
+                ),
+                (
+                    "sink".into(),
+                    transform(runner::SINK_URN, port, Some(echo_output), None),
+                ),
+            ]),
+            pcollections: HashMap::from([
+                ("in".into(), pcollection.clone()),
+                (echo_output.into(), pcollection),
+            ]),
+            coders: HashMap::from([
+                ("bytes".into(), coder(BYTES_URN, &[])),
+                ("kv".into(), coder(KV_URN, &["bytes", "bytes"])),
+                ("gw".into(), coder(GLOBAL_WINDOW_URN, &[])),
+                ("wire".into(), coder(WINDOWED_VALUE_URN, &["kv", "gw"])),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_echo_stage_is_planned_in_topological_order() {
+        let stage = build(&echo_stage("out")).unwrap();
+        let order: Vec<&str> = stage
+            .nodes
+            .iter()
+            .map(|n| n.transform_id.as_str())
+            .collect();
+        assert_eq!(order, ["source", "echo", "sink"]);
+        assert_eq!(stage.nodes[0].outputs[0].consumers, [1]);
+        assert_eq!(stage.nodes[1].outputs[0].consumers, [2]);
+    }
+
+    /// Found by the `plan` fuzz target (fuzz/regressions/plan/): an echo whose
+    /// output is its own input PCollection was planned as a node consuming its
+    /// own output, and the engine would deliver its chunks back to it forever.
+    /// A PCollection has one producer; a second one is refused.
+    #[test]
+    fn a_pcollection_with_two_producers_is_refused_not_planned_as_a_cycle() {
+        let err = build(&echo_stage("in")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PlanError::Malformed { .. }), "{text}");
+        assert!(
+            text.contains("'in'") && text.contains("also produced by"),
+            "{text}"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub mod data;
 pub mod delegate;
 pub mod engine;
 pub mod expansion;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod grpc;
 pub mod kafka;

@@ -1,0 +1,5 @@
+//! libFuzzer entry point; the harness is `beam_rust_worker::fuzzing::expansion`
+//! so the stable replay test (worker/tests/fuzz_corpus.rs) runs the same code.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| beam_rust_worker::fuzzing::expansion(data));
