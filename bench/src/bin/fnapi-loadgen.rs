@@ -30,6 +30,9 @@ enum Command {
     /// Bridge Kafka topics through a worker, as Flink with KafkaIO does:
     /// consume records, send them in bundles, produce the results.
     Kafka(KafkaArgs),
+    /// Run the worker's fused Kafka read → kv_echo → Kafka write stage once:
+    /// every record of the input topic to the output topic, inside the worker.
+    KafkaStage(KafkaStageArgs),
 }
 
 /// Which pool to drive and how to reach it.
@@ -267,10 +270,29 @@ async fn kafka(args: KafkaArgs) -> Result<()> {
     Ok(())
 }
 
+/// The topics of a fused-stage run.
+#[derive(Args, Debug)]
+struct KafkaStageArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+
+    #[command(flatten)]
+    topics: beam_bench::kafka_stage::TopicArgs,
+}
+
+async fn kafka_stage(args: KafkaStageArgs) -> Result<()> {
+    use beam_bench::kafka_stage;
+    let target = target_config(&args.target, true, true);
+    let report = kafka_stage::run_stage(&target, args.target.pool_pid, &args.topics.into()).await?;
+    println!("{report}");
+    write_json(&args.target.json, &report)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Kafka(args) => kafka(args).await,
+        Command::KafkaStage(args) => kafka_stage(args).await,
     }
 }
