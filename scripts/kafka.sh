@@ -15,6 +15,7 @@
 #                                       creates a topic on the started broker (default 4 partitions)
 #   scripts/kafka.sh dump TOPIC N FILE  every record of TOPIC as sorted "key<TAB>value" lines
 #                                       in FILE, re-read until it holds N (or ~10 s passed)
+#   scripts/kafka.sh records N          N keyed test records as `kcat -P -K:` input lines
 #   scripts/kafka.sh echo-test --records N --pool HOST:PORT [fnapi-loadgen kafka args...]
 #                                       needs a running pool; starts a fresh broker, runs the
 #                                       test, stops the broker; exits non-zero on any difference
@@ -56,6 +57,17 @@ dump() { # topic expected-count out-file
   done
 }
 
+# N keyed records as kcat -K: input lines, ~100-byte values; a few with an empty value.
+records() { # n
+  awk -v n="$1" 'BEGIN {
+      pad = sprintf("%080d", 0);
+      for (i = 0; i < n; i++) {
+        if (i % 1000 == 7) printf "key-%09d:\n", i;
+        else printf "key-%09d:value-%09d-%s\n", i, i, pad;
+      }
+    }'
+}
+
 echo_test() {
   local records="" args=("$@")
   for ((i = 0; i < ${#args[@]}; i++)); do
@@ -74,14 +86,7 @@ echo_test() {
   start >/dev/null
   trap 'stop' EXIT
   trap 'stop; exit 130' INT TERM
-  # N keyed records, ~100-byte values; a few with an empty value.
-  awk -v n="$records" 'BEGIN {
-      pad = sprintf("%080d", 0);
-      for (i = 0; i < n; i++) {
-        if (i % 1000 == 7) printf "key-%09d:\n", i;
-        else printf "key-%09d:value-%09d-%s\n", i, i, pad;
-      }
-    }' >"$work/input.txt"
+  records "$records" >"$work/input.txt"
   local t0 t1
   t0=$(date +%s.%N)
   kcat_ -P -b "$(broker)" -t echo-input -K: -l "$work/input.txt"
@@ -119,5 +124,6 @@ case "$cmd" in
   topic) services topic "$1" "${2:-4}" ;;
   echo-test) echo_test "$@" ;;
   dump) dump "$@" ;;
-  *) sed -n '2,26p' "$0"; exit 2 ;;
+  records) records "$1" ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

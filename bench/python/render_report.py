@@ -1,9 +1,10 @@
 """Renders bench/results/latest.md and latest.png from one scripts/bench.sh run.
 
-Reads the JSON files fnapi-loadgen wrote into the run's raw folder
-(run-<scenario>-<target>.json, kafka-<target>.json) and puts the targets side by
-side: our worker ("rust"), Beam's Python worker pool ("python"), the bare gRPC
-echo ("ceiling"), and any extra kv-echo builds (e.g. "rust-sysalloc").
+Reads the JSON files the run wrote into its raw folder (run-<scenario>-<target>-r<rep>.json,
+kafka-<target>-r<rep>.json, load.tsv, counts.md) and puts the targets side by side: our
+worker ("rust"), Beam's Python worker pool ("python"), the transport ceiling ("ceiling"),
+and any extra kv-echo builds (e.g. "rust-sysalloc"). Every figure is the median (min–max)
+over the repetitions; every ratio the median (min–max) of per-repetition ratios.
 """
 
 import argparse
@@ -34,17 +35,111 @@ def scenario_order(runs):
     return [s for s in ORDER if s in runs] + sorted(s for s in runs if s not in ORDER)
 
 
+RUN_FILE = re.compile(r"run-(.+)-r(\d+)\.json$")
+KAFKA_FILE = re.compile(r"kafka-(.+)-r(\d+)\.json$")
+
+
 def load(raw):
+    """runs[scenario][target][rep] and kafka[name][rep]: one report per repetition."""
     runs, kafka = {}, {}
     for path in sorted(glob.glob(os.path.join(raw, "run-*.json"))):
         with open(path) as f:
             r = json.load(f)
-        target = re.match(r"run-%s-(.+)\.json" % re.escape(r["label"]), os.path.basename(path)).group(1)
-        runs.setdefault(r["label"], {})[target] = r
+        m = RUN_FILE.search(os.path.basename(path))
+        target = m.group(1)[len(r["label"]) + 1:]
+        runs.setdefault(r["label"], {}).setdefault(target, {})[int(m.group(2))] = r
     for path in sorted(glob.glob(os.path.join(raw, "kafka-*.json"))):
+        m = KAFKA_FILE.search(os.path.basename(path))
+        if not m:
+            continue
         with open(path) as f:
-            kafka[os.path.basename(path)[6:-5]] = json.load(f)
+            kafka.setdefault(m.group(1), {})[int(m.group(2))] = json.load(f)
     return runs, kafka
+
+
+def load_averages(raw):
+    """(phase, name, target, rep, (1, 5, 15 min), UTC time) rows of load.tsv."""
+    path = os.path.join(raw, "load.tsv")
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                phase, name, target, rep, avg, clock = line.rstrip("\n").split("\t")
+                rows.append((phase, name, target, rep, tuple(float(x) for x in avg.split()), clock))
+    return rows
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def values(reps, *path):
+    """The figure at `path` in every repetition that has it, in repetition order."""
+    out = []
+    for rep in sorted(reps or {}):
+        v = get(reps[rep], *path)
+        if v is not None:
+            out.append(v)
+    return out
+
+
+def spread(xs, fmt):
+    """median (min–max) of xs, each formatted with fmt; one value alone as is."""
+    if not xs:
+        return "—"
+    if len(xs) == 1:
+        return fmt(xs[0])
+    return "%s (%s–%s)" % (fmt(median(xs)), fmt(min(xs)), fmt(max(xs)))
+
+
+def per_rep_ratios(a_reps, b_reps, *path):
+    """a/b for every repetition both sides ran."""
+    out = []
+    for rep in sorted(set(a_reps or {}) & set(b_reps or {})):
+        a, b = get(a_reps[rep], *path), get(b_reps[rep], *path)
+        if a and b:
+            out.append(a / b)
+    return out
+
+
+def fmt_ratio(x):
+    return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+
+def ratio_cell(xs, reference=False):
+    """A ratio's median (min–max); against a reference (a ceiling), any
+    repetition above 1 means the reference is not one, and that is what shows."""
+    if not xs:
+        return "—"
+    if reference and max(xs) > 1:
+        return "**ceiling broken** (max %s)" % fmt_ratio(max(xs))
+    return spread(xs, fmt_ratio)
+
+
+# (section, scenario, ratio, goal): the goals of issue 11.
+GOALS = [
+    ("fn", "flink", "rust/ceiling", 0.9),
+    ("fn", "flink", "rust/python", 30.0),
+    ("fn", "latency", "rust/ceiling", 0.8),
+    ("fn", "latency-df", "rust/ceiling", 0.8),
+    ("kafka", "fused", "fused/bare", 0.8),
+]
+
+
+def verdict(xs, goal, reference):
+    """met when every repetition reaches the goal, not met when none does,
+    not established when the range crosses it."""
+    if not xs:
+        return "no data"
+    if reference and max(xs) > 1:
+        return "ceiling broken"
+    if min(xs) >= goal:
+        return "met"
+    if max(xs) < goal:
+        return "not met"
+    return "not established"
 
 
 def sh(cmd):
@@ -84,12 +179,6 @@ def fmt_rate(x):
     return f"{x:.0f}"
 
 
-def ratio(a, b):
-    if not a or not b:
-        return "—"
-    return f"{a / b:.2f}×" if a / b < 10 else f"{a / b:.0f}×"
-
-
 def get(r, *path):
     for p in path:
         if r is None:
@@ -124,102 +213,161 @@ def criterion(raw_dir):
     return rows
 
 
-def render(runs, kafka, extra_targets, smoke, worker_bin, raw_dir):
+def fmt_ms(x):
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def load_section(raw):
+    rows = load_averages(raw)
+    if not rows:
+        return []
+    first, last = rows[0][4], rows[-1][4]
+    during = [r[4][0] for r in rows if r[0] in ("start", "end")]
+    lines = ["## Load on the machine", "",
+             "The machine (2 cores) is shared; the 1/5/15-minute load averages from `/proc/loadavg`:", "",
+             "- at the start of the run (%s UTC): %.2f / %.2f / %.2f" % ((rows[0][5],) + first),
+             "- at the end of the run (%s UTC): %.2f / %.2f / %.2f" % ((rows[-1][5],) + last)]
+    if during:
+        lines.append("- 1-minute load at the start and end of each measurement: median %.2f, min %.2f, max %.2f"
+                     % (median(during), min(during), max(during)))
+    lines.append("")
+    return lines
+
+
+def fn_section(runs, targets, extra_targets):
     scenarios = scenario_order(runs)
+    lines = ["## Throughput (elements/s, median (min–max) over the repetitions)", ""]
+    head = ["scenario", "reps"] + targets + ["rust/python", "rust/ceiling"]
+    rows = []
+    for s in scenarios:
+        t = runs[s]
+        reps = max(len(t[x]) for x in t)
+        rows.append([s, reps] + [spread(values(t.get(x), "elements_per_sec"), fmt_rate) for x in targets]
+                    + [ratio_cell(per_rep_ratios(t.get("rust"), t.get("python"), "elements_per_sec")),
+                       ratio_cell(per_rep_ratios(t.get("rust"), t.get("ceiling"), "elements_per_sec"), True)])
+    lines += [table(head, rows), "",
+              "Ratios are the median (min–max) of the per-repetition ratios (repetition *i* of "
+              "each target ran back to back). A rust/ceiling ratio above 1 in any repetition would "
+              "mean the ceiling is not one; the cell would say so instead of a ratio.", ""]
+    lines += ["## Bundle latency (ms, median over repetitions of each run's p50 / p99)", ""]
+    rows = []
+    for s in scenarios:
+        t = runs[s]
+        cell = lambda x: "—" if x not in t else "%s / %s" % (
+            fmt_ms(median(values(t[x], "bundle_latency", "p50_ms"))),
+            fmt_ms(median(values(t[x], "bundle_latency", "p99_ms"))))
+        rows.append([s] + [cell(x) for x in targets])
+    lines += [table(["scenario"] + targets, rows), ""]
+    lines += ["## Pool CPU and memory", "",
+              "CPU seconds of the pool process tree per million elements during the measured "
+              "phase, and its peak RSS (VmHWM, summed over the pool and its worker processes); "
+              "median (min–max).", ""]
+    rows = []
+    for s in scenarios:
+        t = runs[s]
+        cpu = lambda x: spread(values(t.get(x), "pool_usage", "cpu_seconds_per_million"), lambda v: "%.2f" % v)
+        rss = lambda x: spread(values(t.get(x), "pool_usage", "peak_rss_mb"), lambda v: "%.0f" % v)
+        rows.append([s, cpu("rust"), cpu("python"), rss("rust"), rss("python"), rss("ceiling")])
+    lines += [table(["scenario", "rust CPU s/M", "python CPU s/M", "rust peak MB",
+                     "python peak MB", "ceiling peak MB"], rows), ""]
+    lines += ["## StartWorker → control stream connected (ms, median (min–max) over every worker started)", ""]
+    rows = []
+    for s in scenarios:
+        t = runs[s]
+        c = lambda x: spread([v for rep in values(t.get(x), "connect_ms") for v in rep], lambda v: "%.1f" % v)
+        rows.append([s, c("rust"), c("python")])
+    lines += [table(["scenario", "rust", "python"], rows), ""]
+    truncated = [f"{s} on {x} ({sum(1 for r in runs[s][x].values() if r.get('truncated'))} of {len(runs[s][x])})"
+                 for s in scenarios for x in runs[s]
+                 if any(r.get("truncated") for r in runs[s][x].values())]
+    if truncated:
+        lines += ["Stopped by the time bound (rate over what was done): " + ", ".join(truncated) + ".", ""]
+    return lines
+
+
+KAFKA_NAMES = {
+    "fused": "fused stage (our Kafka read → kv_echo → our Kafka write, in the worker)",
+    "bare": "bare rdkafka loop (consume → produce, nothing in between): the ceiling",
+    "bridge-rust": "driver-bridged: rdkafka → bundles → our worker → rdkafka",
+    "bridge-python": "driver-bridged: rdkafka → bundles → Beam's Python pool → rdkafka",
+}
+
+
+def kafka_section(kafka):
+    lines = ["## Kafka (Apache Kafka broker on loopback, records/s, median (min–max))", "",
+             "One broker; the input topic (4 partitions, ~125-byte records) is filled once by kcat, "
+             "then every target moves all of it to its own output topic, interleaved per repetition. "
+             "Every run must add exactly the input's record count to its output topic, and in the first "
+             "repetition the output's sorted key/value pairs must equal the input's. The fused stage and "
+             "the bare loop are timed from before their Kafka clients start to the last "
+             "acknowledgement; the bridged runs from the first record consumed to the last "
+             "acknowledgement. The broker and every client share the 2 cores.", ""]
+    rows = []
+    for name in [n for n in KAFKA_NAMES if n in kafka] + sorted(n for n in kafka if n not in KAFKA_NAMES):
+        reps = kafka[name]
+        cpu = [(get(r, "pool_usage", "cpu_seconds") if name != "bare" else r.get("cpu_seconds")) for r in reps.values()]
+        cpu_m = [c * 1e6 / r["records"] for c, r in zip(cpu, reps.values()) if c is not None and r["records"]]
+        rows.append([KAFKA_NAMES.get(name, name), len(reps),
+                     spread(values(reps, "records_per_sec"), fmt_rate),
+                     spread(cpu_m, lambda v: "%.2f" % v)])
+    lines += [table(["target", "reps", "records/s", "CPU s per M records (worker pool; loop: itself)"], rows), ""]
+    ratio = per_rep_ratios(kafka.get("fused"), kafka.get("bare"), "records_per_sec")
+    if ratio:
+        lines += ["fused/bare (median of per-repetition ratios): " + ratio_cell(ratio, True), ""]
+    return lines
+
+
+def goals_section(runs, kafka):
+    lines = ["## Goals (issue 11)", "",
+             "*met*: every repetition reaches the goal; *not met*: none does; *not established*: "
+             "the range of per-repetition ratios crosses the goal.", ""]
+    rows = []
+    for section, scenario, name, goal in GOALS:
+        if section == "fn":
+            t = runs.get(scenario, {})
+            a, b = name.split("/")
+            xs = per_rep_ratios(t.get(a), t.get(b), "elements_per_sec")
+        else:
+            xs = per_rep_ratios(kafka.get("fused"), kafka.get("bare"), "records_per_sec")
+        reference = name.endswith("ceiling") or name.endswith("bare")
+        rows.append([scenario, name, "≥ %s" % fmt_ratio(goal), ratio_cell(xs, reference),
+                     verdict(xs, goal, reference)])
+    lines += [table(["scenario", "ratio", "goal", "measured", "verdict"], rows), ""]
+    return lines
+
+
+def counts_section(raw):
+    path = os.path.join(raw, "counts.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [f.read().rstrip("\n"), ""]
+
+
+def render(runs, kafka, extra_targets, smoke, worker_bin, raw_dir, command):
+    targets = ["rust", "python", "ceiling"] + extra_targets
     lines = ["# Benchmark results", ""]
     if smoke:
         lines += ["**Smoke run (tiny element counts): the figures mean nothing.**", ""]
     lines += [
-        "Produced by `scripts/bench.sh` in one run: every scenario against our worker "
-        "(`rust`, the kv_echo stage), Beam's Python worker pool (`python`, a pickled "
-        "`Map(identity)`), and a bare gRPC bidi echo of the same chunks (`ceiling`, the "
-        "transport limit: `grpc-echo` dials the driver's data endpoint as a worker does and "
-        "sends every message straight back), with the same Rust driver (`fnapi-loadgen`) and the same data. "
-        "Every output byte was compared with the input. Elements are windowed "
-        "`KV<bytes, bytes>` in the global window (125 B on the wire with a 10 B key and "
-        "100 B value). A fresh pool process per scenario. Throughput counts elements "
-        "one way; MB = 10^6 bytes.",
-        "",
-        "## Throughput (elements/s)",
+        f"Produced by `{command}` in one run: every scenario repeated with the targets "
+        "interleaved (rust, python, ceiling, rust, …): our worker (`rust`, the kv_echo "
+        "stage), Beam's Python worker pool (`python`, a pickled `Map(identity)`), and the "
+        "transport ceiling (`ceiling`: `grpc-echo` dials the driver's data endpoint as a worker "
+        "does and returns the bytes of the gRPC stream verbatim, with no decoding, re-framing "
+        "or copying), with the same Rust driver (`fnapi-loadgen`) and the same data. Every "
+        "output byte was compared with the input. Elements are windowed `KV<bytes, bytes>` in "
+        "the global window (125 B on the wire with a 10 B key and 100 B value). A fresh pool "
+        "process per run. Throughput counts elements one way; MB = 10^6 bytes.",
         "",
     ]
-    head = ["scenario", "rust", "python", "ceiling"] + extra_targets + [
-        "rust/python", "rust/ceiling", "rust MB/s"]
-    rows = []
-    for s in scenarios:
-        t = runs[s]
-        rust = get(t, "rust", "elements_per_sec")
-        py = get(t, "python", "elements_per_sec")
-        ceil = get(t, "ceiling", "elements_per_sec")
-        rows.append([s, fmt_rate(rust), fmt_rate(py), fmt_rate(ceil)]
-                    + [fmt_rate(get(t, x, "elements_per_sec")) for x in extra_targets]
-                    + [ratio(rust, py), ratio(rust, ceil),
-                       f"{get(t, 'rust', 'mb_per_sec') or 0:.0f}"])
-    lines += [table(head, rows), ""]
-    lines += ["## Bundle latency (ms, p50 / p99 / max)", ""]
-    rows = []
-    for s in scenarios:
-        t = runs[s]
-        cell = lambda x: ("—" if x not in t else "%.3f / %.3f / %.3f" % (
-            t[x]["bundle_latency"]["p50_ms"], t[x]["bundle_latency"]["p99_ms"],
-            t[x]["bundle_latency"]["max_ms"]))
-        rows.append([s, cell("rust"), cell("python"), cell("ceiling")])
-    lines += [table(["scenario", "rust", "python", "ceiling"], rows), ""]
-    lines += ["## Pool CPU and memory", "",
-              "CPU seconds of the pool process tree per million elements during the measured "
-              "phase, and its peak RSS (VmHWM, summed over the pool and its worker processes).",
-              ""]
-    rows = []
-    for s in scenarios:
-        t = runs[s]
-        cpu = lambda x: "—" if not get(t, x, "pool_usage") else "%.2f" % t[x]["pool_usage"]["cpu_seconds_per_million"]
-        rss = lambda x: "—" if not get(t, x, "pool_usage") else "%.0f" % t[x]["pool_usage"]["peak_rss_mb"]
-        rows.append([s, cpu("rust"), cpu("python"), rss("rust"), rss("python"), rss("ceiling")])
-    lines += [table(["scenario", "rust CPU s/M", "python CPU s/M", "rust peak MB",
-                     "python peak MB", "ceiling peak MB"], rows), ""]
-    if extra_targets:
-        lines += ["## Other builds of our worker", "",
-                  "Extra kv-echo builds run on every scenario (`EXTRA_WORKERS`), e.g. the same "
-                  "source with and without mimalloc: elements/s, pool CPU s per million "
-                  "elements, peak RSS MB.", ""]
-        head = ["scenario"]
-        for x in ["rust"] + extra_targets:
-            head += [f"{x} el/s", f"{x} CPU s/M", f"{x} peak MB"]
-        rows = []
-        for s in scenarios:
-            t = runs[s]
-            row = [s]
-            for x in ["rust"] + extra_targets:
-                pu = get(t, x, "pool_usage") or {}
-                row += [fmt_rate(get(t, x, "elements_per_sec")),
-                        "%.2f" % pu.get("cpu_seconds_per_million", 0) if pu else "—",
-                        "%.0f" % pu.get("peak_rss_mb", 0) if pu else "—"]
-            rows.append(row)
-        lines += [table(head, rows), ""]
-    lines += ["## StartWorker → control stream connected (ms)", ""]
-    rows = []
-    for s in scenarios:
-        t = runs[s]
-        c = lambda x: "—" if x not in t else ", ".join("%.1f" % v for v in t[x]["connect_ms"])
-        rows.append([s, c("rust"), c("python")])
-    lines += [table(["scenario", "rust", "python"], rows), ""]
+    lines += load_section(raw_dir)
+    lines += goals_section(runs, kafka)
+    if runs:
+        lines += fn_section(runs, targets, extra_targets)
     if kafka:
-        lines += ["## Kafka-fed echo (Apache Kafka broker, kcat in and out)", "",
-                  "kcat produced N keyed records to `echo-input`; `fnapi-loadgen kafka` consumed "
-                  "them (rdkafka), sent 1000-record / 1 s bundles of KafkaIO-encoded elements "
-                  "through the worker (4 in flight) and produced the output to `echo-output`; "
-                  "kcat read both topics back and they were identical. records/s is from the "
-                  "first record consumed to the last output acknowledged (consumer-group join "
-                  "excluded). The broker and both clients share the same 2 cores.", ""]
-        rows = []
-        for name, k in sorted(kafka.items()):
-            pu = k.get("pool_usage") or {}
-            rows.append([name, k["records"], fmt_rate(k["records_per_sec"]),
-                         "%.2f" % pu.get("cpu_seconds_per_million", 0),
-                         "%.1f / %.1f" % (k["bundle_latency"]["p50_ms"], k["bundle_latency"]["p99_ms"]),
-                         "%.0f" % pu.get("peak_rss_mb", 0)])
-        lines += [table(["worker", "records", "records/s", "worker CPU s / M records",
-                         "bundle p50 / p99 ms", "peak RSS MB"], rows), ""]
+        lines += kafka_section(kafka)
+    lines += counts_section(raw_dir)
     crit = criterion(raw_dir)
     if crit:
         lines += ["## Micro-benchmarks (criterion, `benches/data_path.rs`)", "",
@@ -227,15 +375,12 @@ def render(runs, kafka, extra_targets, smoke, worker_bin, raw_dir):
                   ""]
         lines += [table(["benchmark", "time", "throughput"], crit), ""]
     lines += ["## Scenarios", ""]
-    for s in scenarios:
-        any_run = next(iter(runs[s].values()))
+    for s in scenario_order(runs):
+        any_run = next(iter(next(iter(runs[s].values())).values()))
         w = any_run["workload"]
-        trunc = [x for x, r in runs[s].items() if r.get("truncated")]
         note = SCENARIO_NOTES.get(s, "")
-        lines.append(
-            f"- **{s}**: {note}; {w['elements']} elements requested, "
-            f"{w['key_size']} B keys, {w['value_size']} B values"
-            + (f"; stopped early by the time bound for {', '.join(trunc)}" if trunc else ""))
+        lines.append(f"- **{s}**: {note}; {w['elements']} elements requested, "
+                     f"{w['key_size']} B keys, {w['value_size']} B values")
     lines += ["", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in machine()]
     lines += [f"- worker binary: `{os.path.basename(worker_bin)}`", ""]
@@ -256,14 +401,17 @@ def chart(runs, extra_targets, path):
     fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.8 / len(targets)
     for i, t in enumerate(targets):
-        vals = [get(runs[s], t, "elements_per_sec") or 0 for s in scenarios]
+        series = [values(runs[s].get(t), "elements_per_sec") for s in scenarios]
+        meds = [median(v) if v else 0 for v in series]
+        err = [[m - min(v) if v else 0 for m, v in zip(meds, series)],
+               [max(v) - m if v else 0 for m, v in zip(meds, series)]]
         xs = [j + (i - (len(targets) - 1) / 2) * width for j in range(len(scenarios))]
-        ax.bar(xs, vals, width, label=t, color=colors.get(t))
+        ax.bar(xs, meds, width, yerr=err, capsize=2, label=t, color=colors.get(t))
     ax.set_yscale("log")
     ax.set_xticks(range(len(scenarios)))
     ax.set_xticklabels(scenarios)
-    ax.set_ylabel("elements/s (log scale)")
-    ax.set_title("KV echo stage through the Fn API: our worker vs Beam's Python worker vs bare gRPC")
+    ax.set_ylabel("elements/s (log scale; median, bars min–max)")
+    ax.set_title("KV echo stage through the Fn API: our worker vs Beam's Python worker vs the transport ceiling")
     ax.legend()
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
@@ -276,17 +424,18 @@ def main():
     parser.add_argument("--out", required=True, help="folder for latest.md and latest.png")
     parser.add_argument("--worker-bin", default="beam-rust-worker")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--command", default="scripts/bench.sh", help="the command that made the run")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG (needs matplotlib)")
     args = parser.parse_args()
     runs, kafka = load(args.raw)
-    if not runs:
+    if not runs and not kafka:
         print("no results in " + args.raw, file=sys.stderr)
         return 1
     extra = sorted({t for r in runs.values() for t in r} - {"rust", "python", "ceiling"})
-    md = render(runs, kafka, extra, args.smoke, args.worker_bin, args.raw)
+    md = render(runs, kafka, extra, args.smoke, args.worker_bin, args.raw, args.command)
     with open(os.path.join(args.out, "latest.md"), "w") as f:
         f.write(md)
-    if not args.no_chart:
+    if not args.no_chart and runs:
         chart(runs, extra, os.path.join(args.out, "latest.png"))
     print(md)
     return 0

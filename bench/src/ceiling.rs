@@ -1,15 +1,18 @@
-//! The transport ceiling: a bare bidi gRPC echo of the Fn API's `Elements`
-//! messages with no Beam logic, connected the way a Beam worker is.
+//! The transport ceiling: the runner's own gRPC byte stream sent straight
+//! back, connected the way a Beam worker is.
 //!
 //! A runner serves the data endpoint and the worker dials it, so the same
 //! bytes cross the same gRPC roles here. The driver's [`EchoRunner`] serves
 //! `BeamFnData/Data`. The `grpc-echo` process ([`EchoPool`]) answers
-//! `StartWorker` by dialing the endpoint it was given, then sends every message
-//! it receives straight back. It has no control stream, no descriptor, no
-//! element scan and no batching. [`EchoLane`] multiplexes bundles on one stream
-//! by instruction id, as a runner does, and a bundle is done when its `is_last`
-//! entry has come back. What our worker costs on top of this shows in the ratio
-//! to the ceiling.
+//! `StartWorker` by dialing the endpoint it was given and returning the bytes
+//! of its stream verbatim ([`forward`]): no control stream, no descriptor, no
+//! protobuf decoding, no gRPC re-framing, no element scan, no copy. Any worker
+//! does all of that work and more for the same bytes, so no worker can be
+//! faster: a ratio above 1 means the instrument is broken. [`EchoLane`]
+//! multiplexes bundles on one stream by instruction id, as a runner does, and a
+//! bundle is done when its `is_last` entry has come back.
+
+mod forward;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use beam_proto::fn_execution::beam_fn_data_client::BeamFnDataClient;
 use beam_proto::fn_execution::beam_fn_data_server::{BeamFnData, BeamFnDataServer};
 use beam_proto::fn_execution::beam_fn_external_worker_pool_client::BeamFnExternalWorkerPoolClient;
 use beam_proto::fn_execution::beam_fn_external_worker_pool_server::{
@@ -28,7 +30,6 @@ use beam_proto::fn_execution::{
     elements::Data,
 };
 use beam_proto::pipeline::ApiServiceDescriptor;
-use beam_rust_worker::grpc::{WorkerChannel, worker_channel};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -95,14 +96,13 @@ impl BeamFnExternalWorkerPool for EchoPool {
             .map(|e| e.url)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| Status::invalid_argument("StartWorker without a control endpoint"))?;
-        // Dialed as the worker dials its runner: same endpoint settings, and
-        // `worker_id` on every call.
-        let lane = request.worker_id;
-        let channel = worker_channel(&url, &lane)
+        // Refused now, as a worker pool refuses an address it cannot dial.
+        beam_rust_worker::grpc::endpoint(&url)
             .map_err(|e| Status::invalid_argument(format!("bad endpoint {url}: {e}")))?;
+        let lane = request.worker_id;
         // Answer at once and dial in the background, as a worker pool does.
         tokio::spawn(async move {
-            if let Err(e) = echo_on(channel).await {
+            if let Err(e) = forward::echo(&url, &lane).await {
                 eprintln!("grpc-echo: lane {lane}: {e}");
             }
         });
@@ -115,25 +115,6 @@ impl BeamFnExternalWorkerPool for EchoPool {
     ) -> Result<Response<StopWorkerResponse>, Status> {
         Ok(Response::new(StopWorkerResponse::default()))
     }
-}
-
-/// Opens one data stream on `channel` and sends every message back until the
-/// runner ends it.
-async fn echo_on(channel: WorkerChannel) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = BeamFnDataClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let mut inbound = client
-        .data(Request::new(ReceiverStream::new(rx)))
-        .await?
-        .into_inner();
-    while let Some(message) = inbound.message().await? {
-        if tx.send(message).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Serves [`EchoPool`] on `listener` until `shutdown` resolves.

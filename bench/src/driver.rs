@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use beam_integration::{
-    BundleSpec, DataOrder, PortCoder, RunnerError, RunnerOptions, TestRunner, WorkerHandle,
-    echo_descriptor,
+    BundleSpec, DataOrder, EchoDescriptor, PortCoder, RunnerError, RunnerOptions, TestRunner,
+    WorkerHandle,
 };
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -65,6 +65,9 @@ pub struct TargetConfig {
     /// KafkaIO's nullable KV coder on the data ports (kv-echo; the Python
     /// descriptor file decides for python-map).
     pub nullable: bool,
+    /// The nullable KV coder on the sink port only (kv-echo): a stage whose
+    /// input and output coders differ, so the worker re-encodes every element.
+    pub output_nullable: bool,
     /// Limit for each bundle and for starting workers.
     pub timeout: Duration,
     /// How long to wait for the pool's port to accept connections.
@@ -134,6 +137,14 @@ pub struct Harness {
     pub connect: Vec<Duration>,
 }
 
+fn kv_coder(nullable: bool) -> PortCoder {
+    if nullable {
+        PortCoder::kv_nullable_bytes()
+    } else {
+        PortCoder::kv_bytes()
+    }
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub async fn wait_for_port(addr: SocketAddr, limit: Duration) -> Result<(), DriverError> {
     let deadline = Instant::now() + limit;
@@ -192,12 +203,10 @@ impl Harness {
                 (s.descriptor, s.source_id, s.sink_id)
             }
             _ => {
-                let coder = if config.nullable {
-                    PortCoder::kv_nullable_bytes()
-                } else {
-                    PortCoder::kv_bytes()
-                };
-                let e = echo_descriptor("bench-kv-echo", runner.url(), coder);
+                let e = EchoDescriptor::builder("bench-kv-echo", runner.url())
+                    .input_coder(kv_coder(config.nullable))
+                    .output_coder(kv_coder(config.output_nullable))
+                    .build();
                 (e.descriptor, e.source_id, e.sink_id)
             }
         };
@@ -367,12 +376,12 @@ pub async fn run(config: RunConfig) -> Result<RunReport, DriverError> {
     // One small bundle per lane first: descriptor fetch, data stream dialing and
     // the Python worker's first-bundle setup are not what is measured.
     let first = workload.bundle(0);
-    let warm = first
-        .data
-        .slice(..(first.elements.min(WARMUP_ELEMENTS) as usize * workload.element_len));
+    let warm_elements = first.elements.min(WARMUP_ELEMENTS) as usize;
+    let warm = first.data.slice(..warm_elements * workload.element_len);
+    let warm_expected = first.expected.slice(..warm_elements * workload.output_len);
     for lane in 0..harness.lanes() {
         let outcome = harness.run_bundle(lane, std::slice::from_ref(&warm)).await;
-        if let Err(why) = verify(&warm, outcome) {
+        if let Err(why) = verify(&warm_expected, outcome) {
             return Err(DriverError::Warmup { lane, why });
         }
     }
@@ -436,7 +445,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, DriverError> {
             let outcome = harness.run_bundle(index as usize, &bundle.chunks).await;
             let latency = sent.elapsed();
             drop(permit);
-            let error = verify(&bundle.data, outcome).err();
+            let error = verify(&bundle.expected, outcome).err();
             if error.is_some() {
                 // A wrong or failed bundle invalidates the run: stop early.
                 stop.store(true, Ordering::Relaxed);

@@ -11,10 +11,13 @@
 //! * [`python_stage`] loads the descriptor `bench/python/make_python_stage.py`
 //!   writes for Beam's Python worker (a pickled `Map(identity)`).
 //! * [`kafka`] bridges Kafka topics through a worker like Flink and KafkaIO do.
+//! * [`kafka_stage`] runs the worker's fused Kafka → echo → Kafka stage, and
+//!   its ceiling: a bare rdkafka consume → produce loop.
 
 pub mod ceiling;
 pub mod driver;
 pub mod kafka;
+pub mod kafka_stage;
 pub mod procfs;
 pub mod python_stage;
 pub mod report;

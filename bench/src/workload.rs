@@ -29,26 +29,36 @@ pub struct WorkloadSpec {
     pub chunk_bytes: usize,
     /// KafkaIO's `kv(nullable(bytes), nullable(bytes))` instead of `kv(bytes, bytes)`.
     pub nullable: bool,
+    /// The coder the worker must write (the sink port's): when it differs
+    /// from `nullable`, the worker decodes and re-encodes every element.
+    pub output_nullable: bool,
     /// Bound on the element bytes generated up front.
     pub max_generated_bytes: usize,
 }
 
 impl WorkloadSpec {
     pub fn wire_format(&self) -> WireFormat {
-        if self.nullable {
-            WireFormat::KV_NULLABLE_GLOBAL
-        } else {
-            WireFormat::KV_BYTES_GLOBAL
-        }
+        kv_format(self.nullable)
     }
 }
 
-/// One bundle's input: `chunks` concatenated equal `data`.
+/// Windowed KV elements in the global window, nullable components or not.
+fn kv_format(nullable: bool) -> WireFormat {
+    if nullable {
+        WireFormat::KV_NULLABLE_GLOBAL
+    } else {
+        WireFormat::KV_BYTES_GLOBAL
+    }
+}
+
+/// One bundle's input: `chunks` concatenated equal `data`; `expected` is the
+/// same elements in the output coder (`data` itself when the coders agree).
 #[derive(Debug, Clone)]
 pub struct BundleInput {
     pub data: Bytes,
     pub chunks: Vec<Bytes>,
     pub elements: u64,
+    pub expected: Bytes,
 }
 
 /// Generated elements, ready to be handed out bundle by bundle.
@@ -57,6 +67,8 @@ pub struct Workload {
     pub spec: WorkloadSpec,
     /// Encoded size of one element on the wire.
     pub element_len: usize,
+    /// The same in the output coder.
+    pub output_len: usize,
     /// Distinct bundles generated; bundle `i` of the run is `distinct[i % len]`.
     distinct: Vec<BundleInput>,
     elements_per_chunk: usize,
@@ -77,8 +89,10 @@ impl Workload {
         if spec.elements == 0 {
             return Err(WorkloadError::NoElements);
         }
-        let nullable = spec.nullable;
-        let element_len = synthetic_kv_elements(1, spec.key_size, spec.value_size, nullable).len();
+        let element_len =
+            synthetic_kv_elements(1, spec.key_size, spec.value_size, spec.nullable).len();
+        let output_len =
+            synthetic_kv_elements(1, spec.key_size, spec.value_size, spec.output_nullable).len();
         let bundle_elements = match spec.bundle_elements {
             0 => spec.elements,
             n => n.min(spec.elements),
@@ -86,29 +100,36 @@ impl Workload {
         // Whole bundles, at least one, within the generation bound.
         let cap = (spec.max_generated_bytes / element_len).max(1) as u64;
         let bundles_generated = (cap / bundle_elements).max(1);
-        let generated = (bundles_generated * bundle_elements).min(spec.elements);
-        let all =
-            synthetic_kv_elements(generated as usize, spec.key_size, spec.value_size, nullable);
+        let generated = (bundles_generated * bundle_elements).min(spec.elements) as usize;
         let elements_per_chunk = match spec.chunk_bytes {
             0 => usize::MAX,
             b => (b / element_len).max(1),
         };
-        let format = spec.wire_format();
-        let distinct = chunk_elements(&all, &format, bundle_elements as usize)?
+        let per_bundle = bundle_elements as usize;
+        let inputs = bundles_of(&spec, spec.nullable, generated, per_bundle)?;
+        let expected = if spec.output_nullable == spec.nullable {
+            inputs.clone()
+        } else {
+            bundles_of(&spec, spec.output_nullable, generated, per_bundle)?
+        };
+        let distinct = inputs
             .into_iter()
-            .map(|data| {
+            .zip(expected)
+            .map(|(data, expected)| {
                 let elements = (data.len() / element_len) as u64;
                 let chunks = split_chunks(&data, element_len, elements_per_chunk);
                 BundleInput {
                     data,
                     chunks,
                     elements,
+                    expected,
                 }
             })
             .collect();
         Ok(Workload {
             spec,
             element_len,
+            output_len,
             distinct,
             elements_per_chunk,
             bundle_elements,
@@ -133,6 +154,7 @@ impl Workload {
             chunks: split_chunks(&data, self.element_len, self.elements_per_chunk),
             data,
             elements: remaining,
+            expected: base.expected.slice(..remaining as usize * self.output_len),
         }
     }
 
@@ -140,6 +162,18 @@ impl Workload {
     pub fn total_bytes(&self) -> u64 {
         self.spec.elements * self.element_len as u64
     }
+}
+
+/// `generated` synthetic elements in the `nullable` or plain KV coder, cut
+/// into bundles of `per_bundle`.
+fn bundles_of(
+    spec: &WorkloadSpec,
+    nullable: bool,
+    generated: usize,
+    per_bundle: usize,
+) -> Result<Vec<Bytes>, WorkloadError> {
+    let all = synthetic_kv_elements(generated, spec.key_size, spec.value_size, nullable);
+    Ok(chunk_elements(&all, &kv_format(nullable), per_bundle)?)
 }
 
 /// The worker's wire coder for data ports carrying `coder`, resolved by the
@@ -191,6 +225,7 @@ mod tests {
             bundle_elements: bundle,
             chunk_bytes,
             nullable: false,
+            output_nullable: false,
             max_generated_bytes: max,
         }
     }
@@ -236,10 +271,24 @@ mod tests {
     fn one_bundle_for_everything_and_nullable_elements() {
         let mut s = spec(7, 0, 0, 1 << 20);
         s.nullable = true;
+        s.output_nullable = true;
         let w = Workload::build(s).unwrap();
         assert_eq!(w.bundle_count(), 1);
         assert_eq!(w.element_len, 127);
         assert_eq!(w.bundle(0).elements, 7);
+    }
+
+    #[test]
+    fn re_encoded_output_is_expected_in_the_output_coder() {
+        let mut s = spec(25, 10, 0, 1 << 20);
+        s.output_nullable = true;
+        let w = Workload::build(s).unwrap();
+        assert_eq!((w.element_len, w.output_len), (125, 127));
+        let last = w.bundle(2);
+        assert_eq!((last.elements, last.expected.len()), (5, 5 * 127));
+        let out = WireFormat::KV_NULLABLE_GLOBAL;
+        assert_eq!(count_elements(&last.expected, &out).unwrap(), 5);
+        assert_eq!(w.bundle(0).data, w.bundle(0).chunks.concat());
     }
 
     #[test]

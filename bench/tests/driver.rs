@@ -44,6 +44,7 @@ fn config(kind: TargetKind, pool: SocketAddr, workers: usize, order: DataOrder) 
             workers,
             order,
             nullable: false,
+            output_nullable: false,
             timeout: Duration::from_secs(60),
             pool_wait: Duration::from_secs(10),
         },
@@ -54,6 +55,7 @@ fn config(kind: TargetKind, pool: SocketAddr, workers: usize, order: DataOrder) 
             bundle_elements: 700,
             chunk_bytes: 10_000,
             nullable: false,
+            output_nullable: false,
             max_generated_bytes: 1 << 20,
         },
         in_flight: 3,
@@ -88,9 +90,20 @@ async fn nullable_elements_and_a_pool_that_is_not_there() {
     let mut c = config(TargetKind::KvEcho, pool, 1, DataOrder::RequestFirst);
     c.target.nullable = true;
     c.workload.nullable = true;
+    c.target.output_nullable = true;
+    c.workload.output_nullable = true;
     let report = driver::run(c).await.unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(report.element_bytes, 127);
+
+    // Plain in, nullable out: the worker re-encodes, the driver checks the
+    // elements in the output coder.
+    let mut c = config(TargetKind::KvEcho, pool, 1, DataOrder::RequestFirst);
+    c.target.output_nullable = true;
+    c.workload.output_nullable = true;
+    let report = driver::run(c).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.elements, 5_000);
 
     let closed = TcpListener::bind("127.0.0.1:0")
         .await

@@ -30,6 +30,9 @@ enum Command {
     /// Bridge Kafka topics through a worker, as Flink with KafkaIO does:
     /// consume records, send them in bundles, produce the results.
     Kafka(KafkaArgs),
+    /// Run the worker's fused Kafka read → kv_echo → Kafka write stage once:
+    /// every record of the input topic to the output topic, inside the worker.
+    KafkaStage(KafkaStageArgs),
 }
 
 /// Which pool to drive and how to reach it.
@@ -125,6 +128,12 @@ struct RunArgs {
     #[arg(long)]
     nullable: bool,
 
+    /// Have the worker write KafkaIO's nullable KV coder whatever the input
+    /// coder (kv-echo only): it decodes and re-encodes every element, and the
+    /// output is checked against the same elements in that coder.
+    #[arg(long)]
+    output_nullable: bool,
+
     /// Stop sending new bundles after this many seconds (the report says so);
     /// 0 = no limit.
     #[arg(long, default_value_t = 60.0)]
@@ -139,7 +148,7 @@ struct RunArgs {
     progress_secs: f64,
 }
 
-fn target_config(args: &TargetArgs, nullable: bool) -> TargetConfig {
+fn target_config(args: &TargetArgs, nullable: bool, output_nullable: bool) -> TargetConfig {
     TargetConfig {
         kind: args.target,
         pool: args.pool,
@@ -150,6 +159,7 @@ fn target_config(args: &TargetArgs, nullable: bool) -> TargetConfig {
             Order::DataFirst => DataOrder::DataFirst,
         },
         nullable,
+        output_nullable,
         timeout: Duration::from_secs(args.timeout_secs),
         pool_wait: Duration::from_secs(args.pool_wait_secs),
     }
@@ -169,9 +179,11 @@ fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> Result<(
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    // Nullable input is echoed as nullable unless asked otherwise.
+    let output_nullable = args.nullable || args.output_nullable;
     let config = RunConfig {
         label: args.label,
-        target: target_config(&args.target, args.nullable),
+        target: target_config(&args.target, args.nullable, output_nullable),
         workload: WorkloadSpec {
             elements: args.elements,
             key_size: args.key_size,
@@ -179,6 +191,7 @@ async fn run(args: RunArgs) -> Result<()> {
             bundle_elements: args.bundle_elements,
             chunk_bytes: args.chunk_bytes,
             nullable: args.nullable,
+            output_nullable,
             max_generated_bytes: args.max_generated_mb.max(1) << 20,
         },
         in_flight: args.in_flight,
@@ -237,7 +250,7 @@ struct KafkaArgs {
 async fn kafka(args: KafkaArgs) -> Result<()> {
     use beam_bench::kafka::{self, KafkaConfig};
     let config = KafkaConfig {
-        target: target_config(&args.target, true),
+        target: target_config(&args.target, true, true),
         brokers: args.brokers,
         input_topic: args.input_topic,
         output_topic: args.output_topic,
@@ -257,10 +270,29 @@ async fn kafka(args: KafkaArgs) -> Result<()> {
     Ok(())
 }
 
+/// The topics of a fused-stage run.
+#[derive(Args, Debug)]
+struct KafkaStageArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+
+    #[command(flatten)]
+    topics: beam_bench::kafka_stage::TopicArgs,
+}
+
+async fn kafka_stage(args: KafkaStageArgs) -> Result<()> {
+    use beam_bench::kafka_stage;
+    let target = target_config(&args.target, true, true);
+    let report = kafka_stage::run_stage(&target, args.target.pool_pid, &args.topics.into()).await?;
+    println!("{report}");
+    write_json(&args.target.json, &report)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Kafka(args) => kafka(args).await,
+        Command::KafkaStage(args) => kafka_stage(args).await,
     }
 }
