@@ -7,23 +7,20 @@
 //! byte bound; input for recently finished instructions is dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use beam_proto::fn_execution::beam_fn_data_client::BeamFnDataClient;
 use beam_proto::fn_execution::{Elements, elements};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::HarnessConfig;
-use crate::grpc::{EndpointError, worker_channel_with};
+use crate::grpc::{EndpointError, WorkerChannel, worker_channel_with};
+use crate::outbound::{OutboundBody, Outgoing, data_call};
 
 /// Recently finished instruction ids remembered to drop their late data.
 const REMEMBERED_FINISHED: usize = 10_000;
@@ -111,43 +108,6 @@ impl Inbound {
     }
 }
 
-/// One outbound message, and who waits for the transport to take it.
-struct Outgoing {
-    elements: Elements,
-    taken: Option<oneshot::Sender<()>>,
-}
-
-/// The request stream of a data call. An item counts as taken by the
-/// transport once the transport asks for the next one (it has encoded the
-/// previous into its send buffer by then), which is what lets a bundle send its
-/// response only after all its output is on its way.
-struct OutboundStream {
-    rx: mpsc::Receiver<Outgoing>,
-    /// Acknowledgement of the item handed out last.
-    last: Option<oneshot::Sender<()>>,
-    /// Dropped when the stream has ended (or the transport dropped it): then
-    /// nothing queued is left to send.
-    _done: oneshot::Sender<()>,
-}
-
-impl Stream for OutboundStream {
-    type Item = Elements;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Elements>> {
-        if let Some(taken) = self.last.take() {
-            let _ = taken.send(());
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(out)) => {
-                self.last = out.taken;
-                Poll::Ready(Some(out.elements))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 enum Command {
     Register {
         instruction_id: String,
@@ -175,10 +135,7 @@ impl DataChannel {
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Self, DataError> {
-        let client =
-            BeamFnDataClient::new(worker_channel_with(url, worker_id, config.connect_timeout)?)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX);
+        let channel = worker_channel_with(url, worker_id, config.connect_timeout)?;
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(OnceLock::new());
@@ -189,7 +146,7 @@ impl DataChannel {
         };
         // The call itself waits for the runner's response headers, which some
         // runners send only with their first message, so it lives in the task.
-        tasks.spawn(reader.run(client, outbound_rx, commands_rx, cancel));
+        tasks.spawn(reader.run(channel, outbound_rx, commands_rx, cancel));
         Ok(Self {
             url: url.to_owned(),
             outbound,
@@ -502,7 +459,7 @@ struct Reader {
 impl Reader {
     async fn run(
         mut self,
-        mut client: BeamFnDataClient<crate::grpc::WorkerChannel>,
+        mut channel: WorkerChannel,
         outbound: mpsc::Receiver<Outgoing>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         cancel: CancellationToken,
@@ -512,13 +469,9 @@ impl Reader {
         let reason = {
             let router = &mut self.router;
             let stream = async {
-                let outbound = OutboundStream {
-                    rx: outbound,
-                    last: None,
-                    _done: done_tx,
-                };
-                match client.data(outbound).await {
-                    Ok(response) => route(router, response.into_inner(), &mut commands).await,
+                let body = OutboundBody::new(outbound, done_tx);
+                match data_call(&mut channel, body).await {
+                    Ok(inbound) => route(router, inbound, &mut commands).await,
                     Err(status) => format!("could not open the data stream: {status}"),
                 }
             };

@@ -428,16 +428,14 @@ impl<'a> Engine<'a> {
 
     /// Adds this bundle's elements and bytes, per transform kind, to the pool's metrics.
     fn report_elements(&self) {
-        let telemetry = crate::telemetry::global();
-        for (node, n) in self.graph.nodes.iter().enumerate() {
-            let kind = n.factory.kind();
+        for (node, (into, out_of)) in self.graph.element_counters().iter().enumerate() {
             let (elements, bytes) = self.taken[node];
             if elements > 0 || bytes > 0 {
-                telemetry.elements(kind, crate::telemetry::IN, elements, bytes);
+                into.add(elements, bytes);
             }
             let out: u64 = self.counts[node].iter().sum();
             if out > 0 || self.emitted_bytes[node] > 0 {
-                telemetry.elements(kind, crate::telemetry::OUT, out, self.emitted_bytes[node]);
+                out_of.add(out, self.emitted_bytes[node]);
             }
         }
     }
@@ -632,6 +630,7 @@ mod tests {
                     }],
                 })
                 .collect(),
+            element_counters: Default::default(),
         })
     }
 

@@ -8,12 +8,13 @@
 //! planner sees the coders of its inputs.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use beam_proto::fn_execution::ProcessBundleDescriptor;
 
 use crate::ops::{EdgeCoder, OperatorFactory};
 use crate::registry::{self, PlanContext, PlanError};
+use crate::telemetry::{self, ElementCounter};
 
 /// One output port of a node.
 #[derive(Debug, Clone)]
@@ -37,9 +38,30 @@ pub struct Node {
 pub struct StageGraph {
     pub descriptor_id: String,
     pub nodes: Vec<Node>,
+    /// Each node's pool-wide element counters, (in, out): found once per
+    /// descriptor, not once per bundle (a lookup hashes and allocates its
+    /// labels, a noticeable share of a one-element bundle's work).
+    pub element_counters: OnceLock<Vec<(ElementCounter, ElementCounter)>>,
 }
 
 impl StageGraph {
+    /// Each node's element counters (in, out), by node index.
+    pub fn element_counters(&self) -> &[(ElementCounter, ElementCounter)] {
+        self.element_counters.get_or_init(|| {
+            let t = telemetry::global();
+            self.nodes
+                .iter()
+                .map(|n| {
+                    let kind = n.factory.kind();
+                    (
+                        t.element_counter(kind, telemetry::IN),
+                        t.element_counter(kind, telemetry::OUT),
+                    )
+                })
+                .collect()
+        })
+    }
+
     /// Runner data sources: (data URL, transform id, node).
     pub fn sources(&self) -> Vec<(&str, &str, usize)> {
         self.nodes
@@ -143,6 +165,7 @@ pub fn build(descriptor: &ProcessBundleDescriptor) -> Result<StageGraph, PlanErr
     Ok(StageGraph {
         descriptor_id: descriptor.id.clone(),
         nodes,
+        element_counters: OnceLock::new(),
     })
 }
 

@@ -5,7 +5,8 @@
 //! starts a [`control`] harness per worker; each harness fetches descriptors,
 //! turns them into a [`graph`] of operators ([`ops`]) found in the
 //! [`registry`], and runs bundles on the [`engine`], a chunk at a time, with
-//! elements arriving and leaving over [`data`] channels, decoded by
+//! elements arriving and leaving over [`data`] channels (their output framed
+//! without copying by [`outbound`]), decoded by
 //! [`coders`] (and [`value_coder`] off the hot path). [`metrics`] builds the
 //! monitoring infos the runner reads, [`logging`] forwards logs to the runner, [`expansion`] lets pipelines bind
 //! our transforms to this pool, and [`delegate`] starts Beam's Python SDK
@@ -32,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod outbound;
 pub mod pool;
 pub mod registry;
 pub mod row;

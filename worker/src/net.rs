@@ -69,6 +69,14 @@ impl<S> GuardedIo<S> {
         }
     }
 
+    /// Only our writes after the peer spoke count as activity: writing our
+    /// own preface must not excuse a silent peer.
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) && self.first_bytes.is_none() {
+            self.active();
+        }
+    }
+
     /// Traffic seen: the silence clock starts over.
     fn active(&mut self) {
         self.first_bytes = None;
@@ -145,12 +153,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
         let this = &mut *self;
         this.check_kill(cx)?;
         let written = Pin::new(&mut this.io).poll_write(cx, data);
-        // Only our writes after the peer spoke count as activity: writing our
-        // own preface must not excuse a silent peer.
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.first_bytes.is_none() {
-            this.active();
-        }
+        this.wrote(&written);
         written
+    }
+
+    /// h2 writes a large DATA frame as its 9-byte head chained with the
+    /// payload; without vectored writes that is two `write` calls per frame
+    /// (and h2 copies payloads under 1 KiB instead of 256 B), so the inner
+    /// stream's `writev` is passed through.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.check_kill(cx)?;
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -145,7 +145,7 @@ pub struct Telemetry {
 
 /// A cached pair of element counters for one (transform, direction): hot
 /// paths keep it instead of looking the labels up for every chunk.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ElementCounter {
     elements: Counter,
     bytes: Counter,
