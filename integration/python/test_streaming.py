@@ -256,3 +256,40 @@ def test_streaming_read_echoes_records_produced_while_the_job_runs(
     with capsys.disabled():
         print(f"[{runner.name}] {len(keys) - len(set(keys))} duplicates in {len(keys)} records")
     assert "kafka_read_partition" in worker_log(), "the streaming read did not run in the pool"
+
+
+@pytest.mark.runners("flink-streaming")
+def test_the_read_takes_no_more_per_bundle_than_the_runners_bundle_size(
+        rust_worker, kafka_broker, worker_log, runner):
+    """Flink's `max_bundle_size` reaches the worker in the pipeline options;
+    the read then takes at most that many records per partition per bundle, so
+    a backlog comes through in many small bundles instead of a few large ones."""
+    bootstrap = kafka_broker.address
+    source, sink = kafka_broker.topic("bundle-in", 1), kafka_broker.topic("bundle-out")
+    group = f"bundle-{uuid.uuid4().hex[:8]}"
+    cap, backlog_size = 40, 4000
+    backlog = [b"capped-%d" % i for i in range(backlog_size)]
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key in backlog:
+        producer.produce(source, key=key, value=b"b")
+    assert producer.flush(30) == 0
+
+    bundles = lambda: sample_sum(rust_worker.metrics(),  # noqa: E731
+                                 "beam_rust_worker_bundles_finished_total", outcome="succeeded")
+    before = bundles()
+    watcher = SinkWatcher(bootstrap, sink)
+    job = StreamingJob(runner, rust_worker, bootstrap, source, sink, group,
+                       extra_args=[f"--max_bundle_size={cap}"])
+    try:
+        watcher.wait_for(backlog, job=job)
+        during = bundles() - before
+    finally:
+        job.stop()
+        watcher.close()
+    log = worker_log()
+    assert "reads per bundle capped by the runner's max_bundle_size" in log, \
+        "the worker did not see the runner's max_bundle_size"
+    assert f"elements={cap}" in log
+    # One partition, `cap` records a bundle at most: the backlog alone needs
+    # backlog_size / cap bundles (uncapped, a 1 s read window takes it in one or two).
+    assert during >= backlog_size // cap, f"{during} bundles for {backlog_size} records"

@@ -26,6 +26,11 @@ pub struct HarnessConfig {
     /// finalized after this long are dropped: Flink finalizes only on
     /// completed checkpoints, and never without checkpointing.
     pub finalization_ttl: Duration,
+    /// The runner's bundle size in elements (Flink's `max_bundle_size`), if it
+    /// sent one: operators that decide how much to read per bundle (the
+    /// splittable Kafka read) read at most this many elements per restriction,
+    /// so a runner that sizes bundles for its checkpoints gets bundles that size.
+    pub max_bundle_elements: Option<u64>,
 }
 
 impl Default for HarnessConfig {
@@ -37,6 +42,7 @@ impl Default for HarnessConfig {
             pending_ttl: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             finalization_ttl: Duration::from_secs(600),
+            max_bundle_elements: None,
         }
     }
 }

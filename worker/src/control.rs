@@ -473,7 +473,8 @@ fn plan_descriptor(descriptor: &ProcessBundleDescriptor) -> CachedPlan {
 }
 
 /// Applies the runner's `data_buffer_size_limit` / `data_buffer_time_limit_ms`
-/// experiments. Provision is optional: if it fails, the pool's flags stand.
+/// experiments and its `max_bundle_size` option. Provision is optional: if it
+/// fails, the pool's flags stand.
 async fn with_provisioned_options(
     mut config: HarnessConfig,
     url: &str,
@@ -528,7 +529,31 @@ async fn with_provisioned_options(
             _ => {}
         }
     }
+    if let Some(elements) = max_bundle_size(options.as_ref()) {
+        config.max_bundle_elements = Some(elements);
+        info!(
+            elements,
+            "reads per bundle capped by the runner's max_bundle_size"
+        );
+    }
     config
+}
+
+/// The runner's `max_bundle_size` option (Flink's bundle size in elements),
+/// under either key form, as a number or a string; absent, zero or not a
+/// whole number means "no cap".
+fn max_bundle_size(options: Option<&prost_types::Struct>) -> Option<u64> {
+    use prost_types::value::Kind;
+    let options = options?;
+    let value = ["beam:option:max_bundle_size:v1", "max_bundle_size"]
+        .iter()
+        .find_map(|k| options.fields.get(*k))?;
+    let elements = match &value.kind {
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && *n >= 1.0 && *n < 9.0e18 => *n as u64,
+        Some(Kind::StringValue(s)) => s.trim().parse::<u64>().ok()?,
+        _ => None?,
+    };
+    (elements > 0).then_some(elements)
 }
 
 /// The `experiments` list of pipeline options, under either key form runners use.
@@ -578,5 +603,28 @@ mod tests {
         };
         assert_eq!(experiments(Some(&options)), ["a=1", "b"]);
         assert!(experiments(None).is_empty());
+    }
+
+    #[test]
+    fn max_bundle_size_is_read_as_a_number_or_a_string() {
+        let options = |key: &str, kind: Kind| Struct {
+            fields: [(key.to_string(), Value { kind: Some(kind) })].into(),
+        };
+        let number = options("beam:option:max_bundle_size:v1", Kind::NumberValue(1000.0));
+        assert_eq!(max_bundle_size(Some(&number)), Some(1000));
+        let string = options("max_bundle_size", Kind::StringValue(" 250 ".into()));
+        assert_eq!(max_bundle_size(Some(&string)), Some(250));
+        for bad in [
+            Kind::NumberValue(0.0),
+            Kind::NumberValue(-5.0),
+            Kind::NumberValue(2.5),
+            Kind::NumberValue(f64::NAN),
+            Kind::StringValue("many".into()),
+            Kind::BoolValue(true),
+        ] {
+            let o = options("max_bundle_size", bad.clone());
+            assert_eq!(max_bundle_size(Some(&o)), None, "{bad:?}");
+        }
+        assert_eq!(max_bundle_size(None), None);
     }
 }

@@ -192,6 +192,7 @@ struct Engine<'a> {
     graph: Arc<StageGraph>,
     ops: Vec<Box<dyn Operator>>,
     flush_bytes: usize,
+    max_bundle_elements: Option<u64>,
     /// Elements emitted per node and output port.
     counts: Vec<Vec<u64>>,
     /// Elements and bytes taken in, and bytes emitted, per node (for the pool's metrics).
@@ -254,6 +255,7 @@ impl<'a> Engine<'a> {
             taken: vec![(0, 0); graph.nodes.len()],
             emitted_bytes: vec![0; graph.nodes.len()],
             flush_bytes: config.flush_bytes.max(1),
+            max_bundle_elements: config.max_bundle_elements,
             ops,
             graph,
             sources,
@@ -349,6 +351,7 @@ impl<'a> Engine<'a> {
             task_tx: &self.task_tx,
             outcome: &mut self.outcome,
             flush_bytes: self.flush_bytes,
+            max_bundle_elements: self.max_bundle_elements,
         };
         let op = &mut self.ops[node];
         let result = match call {

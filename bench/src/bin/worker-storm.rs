@@ -16,7 +16,9 @@ use clap::Parser;
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
-#[command(about = "StartWorker storm against a pool; prints the pool's RSS before, at the peak and after")]
+#[command(
+    about = "StartWorker storm against a pool; prints the pool's RSS before, at the peak and after"
+)]
 struct Args {
     /// The pool's address (host:port).
     #[arg(long)]

@@ -389,6 +389,7 @@ impl Operator for Process {
                 shared: self.shared.clone(),
                 out: cx.emitter(0),
                 chunk_bytes: cx.flush_bytes,
+                max_records: cx.max_bundle_elements.unwrap_or(u64::MAX),
                 metadata: v.metadata,
                 topic,
                 partition,
@@ -408,6 +409,8 @@ struct PartitionRead {
     shared: Arc<Shared>,
     out: Emitter,
     chunk_bytes: usize,
+    /// Records one window may read: the runner's bundle size, if it gave one.
+    max_records: u64,
     metadata: Bytes,
     topic: String,
     partition: i32,
@@ -470,7 +473,7 @@ impl PartitionRead {
         let mut buffered_since = Instant::now();
         let mut interrupted = false;
         let mut newest_ms = i64::MIN;
-        while next < self.sized.end {
+        while next < self.sized.end && records < self.max_records {
             let wait_until = if buf.is_empty() {
                 deadline
             } else {

@@ -191,6 +191,9 @@ pub struct Context<'a> {
     pub(crate) task_tx: &'a mpsc::Sender<(usize, usize, Chunk)>,
     pub(crate) outcome: &'a mut TaskOutcome,
     pub flush_bytes: usize,
+    /// The runner's bundle size in elements, if it gave one
+    /// ([`crate::config::HarnessConfig::max_bundle_elements`]).
+    pub max_bundle_elements: Option<u64>,
 }
 
 impl Context<'_> {
