@@ -28,10 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::coders;
 use crate::delegate::{NATIVE_PARAM, NATIVE_VALUE};
-use crate::kafka::{
-    self, BEAM_KAFKA_READ_URN, BEAM_KAFKA_URNS, BEAM_KAFKA_WRITE_URN, KAFKA_READ_URN,
-    KAFKA_WRITE_URN, ReadConfig, WriteConfig,
-};
+use crate::kafka::{self, KAFKA_READ_URN, KAFKA_WRITE_URN, ReadConfig, WriteConfig};
 use crate::registry::{self, PARDO_URN};
 use crate::value_coder;
 
@@ -224,42 +221,29 @@ fn try_expand(request: ExpansionRequest, pool: &str) -> Result<ExpansionResponse
         namespace,
         pool,
     };
-    match urn.as_str() {
-        KV_ECHO_URN => request.kv_echo(),
-        KAFKA_READ_URN => request.kafka_read(),
-        KAFKA_WRITE_URN => request.kafka_write(),
-        // Beam's own Kafka URNs (apache_beam.io.kafka) become our read and
-        // write: their Rows carry our fields, plus Java settings the decoder
-        // accepts only where they change nothing (kafka::beam_schema). A
-        // ReadFromKafka without max_num_records/max_read_time is unbounded,
+    match registry::expander(&urn) {
+        Some((ours, expand)) if ours == urn => expand(request),
+        // An alias (Beam's own Kafka URNs, from apache_beam.io.kafka) is
+        // expanded as ours: its Row carries our fields, plus Java settings the
+        // decoder accepts only where they change nothing (kafka::beam_schema).
+        // A ReadFromKafka without max_num_records/max_read_time is unbounded,
         // as in Beam.
-        BEAM_KAFKA_READ_URN => request
-            .into_native(KAFKA_READ_URN)
-            .kafka_read()
-            .map_err(|e| format!("{e} ({urn} is served by beam-rust-worker's native read)")),
-        BEAM_KAFKA_WRITE_URN => request
-            .into_native(KAFKA_WRITE_URN)
-            .kafka_write()
-            .map_err(|e| format!("{e} ({urn} is served by beam-rust-worker's native write)")),
-        _ => Err(match kafka::refusal(&urn) {
+        Some((ours, expand)) => expand(request.into_native(ours))
+            .map_err(|e| format!("{e} ({urn} is served by beam-rust-worker's {ours})")),
+        None => Err(match kafka::refusal(&urn) {
             Some(why) => format!("{urn} ('{}'): {why}", request.transform.unique_name),
             None => format!(
                 "beam-rust-worker cannot expand transform '{}': unknown URN '{urn}'. \
                  Supported transform URNs: {}",
                 request.transform.unique_name,
-                registry::user_facing_urns()
-                    .iter()
-                    .chain(BEAM_KAFKA_URNS)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                registry::expandable_urns().join(", ")
             ),
         }),
     }
 }
 
-/// One expansion request being answered.
-struct Request<'a> {
+/// One expansion request being answered; the registry's expanders take it.
+pub struct Request<'a> {
     transform: PTransform,
     components: Components,
     namespace: String,
@@ -304,7 +288,7 @@ impl Request<'_> {
             .map_or(&[][..], |s| &s.payload[..])
     }
 
-    fn kv_echo(self) -> Result<ExpansionResponse, String> {
+    pub(crate) fn kv_echo(self) -> Result<ExpansionResponse, String> {
         let name = self.name().to_owned();
         let payload_len = self.payload().len();
         if payload_len != 0 {
@@ -366,7 +350,7 @@ impl Request<'_> {
     /// reading one partition per element, which runners expand and
     /// checkpoint (see `kafka::sdf`). Records are
     /// `KV<nullable bytes, nullable bytes>` either way.
-    fn kafka_read(self) -> Result<ExpansionResponse, String> {
+    pub(crate) fn kafka_read(self) -> Result<ExpansionResponse, String> {
         let name = self.name().to_owned();
         let config = ReadConfig::from_payload(self.payload())
             .map_err(|e| format!("{KAFKA_READ_URN} ('{name}'): {e}"))?;
@@ -543,7 +527,7 @@ impl Request<'_> {
     /// Its elements leave the pipeline for Kafka. The transform still declares
     /// an (always empty) output, as Java's KafkaIO write does: runners drop a
     /// leaf without outputs as dead code (Beam's Python runner does).
-    fn kafka_write(self) -> Result<ExpansionResponse, String> {
+    pub(crate) fn kafka_write(self) -> Result<ExpansionResponse, String> {
         let name = self.name().to_owned();
         WriteConfig::from_payload(self.payload())
             .map_err(|e| format!("{KAFKA_WRITE_URN} ('{name}'): {e}"))?;
@@ -784,6 +768,7 @@ fn collect_coders(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::{BEAM_KAFKA_READ_URN, BEAM_KAFKA_WRITE_URN};
     use beam_proto::expansion::expansion_service_client::ExpansionServiceClient;
     use beam_proto::pipeline::{FunctionSpec, WindowingStrategy};
 

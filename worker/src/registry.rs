@@ -7,12 +7,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use beam_proto::expansion::ExpansionResponse;
 use beam_proto::fn_execution::ProcessBundleDescriptor;
 use beam_proto::pipeline::{PTransform, ParDoPayload};
 use bytes::Bytes;
 use prost::Message;
 
 use crate::coders::{CoderResolveError, WindowCoder, WireCoder};
+use crate::expansion;
 use crate::kafka;
 use crate::ops::{EdgeCoder, OperatorFactory, echo, runner};
 use crate::value_coder::WindowedCoder;
@@ -34,61 +36,79 @@ pub enum Step {
     SdfTruncate,
 }
 
+/// How the expansion service turns a user's transform of this URN into what
+/// runners send the worker.
+pub type Expander = for<'a> fn(expansion::Request<'a>) -> Result<ExpansionResponse, String>;
+
 /// How one (URN, step) becomes an operator.
 pub struct Entry {
     /// The transform URN, or the DoFn URN inside a ParDo.
     pub urn: &'static str,
     pub step: Step,
-    /// Shown to users in "cannot run" errors and `--help`.
-    pub user_facing: bool,
+    /// For transforms users put in pipelines: how the expansion service
+    /// expands them. These are the URNs shown in "cannot run" errors.
+    pub expand: Option<Expander>,
     pub plan: fn(&PlanContext<'_>) -> Result<Planned, PlanError>,
 }
 
+/// URNs of other SDKs' transforms that the expansion service serves with one
+/// of ours (alias, ours): Beam's cross-language Kafka transforms, whose
+/// configuration Rows our read and write decode.
+pub const EXPANSION_ALIASES: &[(&str, &str)] = &[
+    (kafka::BEAM_KAFKA_READ_URN, kafka::KAFKA_READ_URN),
+    (kafka::BEAM_KAFKA_WRITE_URN, kafka::KAFKA_WRITE_URN),
+];
+
 /// Everything this worker runs.
 pub const ENTRIES: &[Entry] = &[
-    entry(runner::SOURCE_URN, Step::Whole, false, runner::plan_source),
-    entry(runner::SINK_URN, Step::Whole, false, runner::plan_sink),
-    entry(echo::KV_ECHO_URN, Step::Whole, true, echo::plan),
+    entry(runner::SOURCE_URN, Step::Whole, None, runner::plan_source),
+    entry(runner::SINK_URN, Step::Whole, None, runner::plan_sink),
+    entry(
+        echo::KV_ECHO_URN,
+        Step::Whole,
+        Some(|r| r.kv_echo()),
+        echo::plan,
+    ),
     entry(
         kafka::KAFKA_READ_URN,
         Step::Whole,
-        true,
+        Some(|r| r.kafka_read()),
         kafka::ops::plan_bounded_read,
     ),
     entry(
         kafka::KAFKA_WRITE_URN,
         Step::Whole,
-        true,
+        Some(|r| r.kafka_write()),
         kafka::ops::plan_write,
     ),
     entry(
         kafka::KAFKA_PARTITIONS_URN,
         Step::Whole,
-        false,
+        None,
         kafka::sdf::plan_partitions,
     ),
     entry(
         kafka::KAFKA_READ_PARTITION_URN,
         Step::SdfPair,
-        false,
+        None,
         kafka::sdf::plan_pair,
     ),
     entry(
         kafka::KAFKA_READ_PARTITION_URN,
         Step::SdfSplit,
-        false,
+        None,
         kafka::sdf::plan_split,
     ),
     entry(
         kafka::KAFKA_READ_PARTITION_URN,
         Step::SdfProcess,
-        false,
+        None,
         kafka::sdf::plan_process,
     ),
     entry(
         kafka::KAFKA_READ_PARTITION_URN,
         Step::SdfTruncate,
-        false,
+        None,
         kafka::sdf::plan_truncate,
     ),
 ];
@@ -96,13 +116,13 @@ pub const ENTRIES: &[Entry] = &[
 const fn entry(
     urn: &'static str,
     step: Step,
-    user_facing: bool,
+    expand: Option<Expander>,
     plan: fn(&PlanContext<'_>) -> Result<Planned, PlanError>,
 ) -> Entry {
     Entry {
         urn,
         step,
-        user_facing,
+        expand,
         plan,
     }
 }
@@ -111,9 +131,29 @@ const fn entry(
 pub fn user_facing_urns() -> Vec<&'static str> {
     ENTRIES
         .iter()
-        .filter(|e| e.user_facing)
+        .filter(|e| e.expand.is_some())
         .map(|e| e.urn)
         .collect()
+}
+
+/// Every URN the expansion service expands: ours, then the aliases.
+pub fn expandable_urns() -> Vec<&'static str> {
+    let mut urns = user_facing_urns();
+    urns.extend(EXPANSION_ALIASES.iter().map(|(alias, _)| *alias));
+    urns
+}
+
+/// How the expansion service expands `urn`: the URN of ours that serves it
+/// (itself, or what an alias stands for) and its expander.
+pub fn expander(urn: &str) -> Option<(&'static str, Expander)> {
+    let ours = EXPANSION_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == urn)
+        .map_or(urn, |(_, ours)| *ours);
+    ENTRIES
+        .iter()
+        .filter(|e| e.step == Step::Whole && e.urn == ours)
+        .find_map(|e| Some((e.urn, e.expand?)))
 }
 
 /// True when `urn` names a DoFn this worker runs inside a ParDo.

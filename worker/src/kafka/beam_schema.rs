@@ -22,9 +22,6 @@ pub const BEAM_KAFKA_WRITE_URN: &str = "beam:transform:org.apache.beam:kafka_wri
 pub const BEAM_KAFKA_WRITE_WITH_HEADERS_URN: &str =
     "beam:transform:org.apache.beam:kafka_write_with_headers:v1";
 
-/// Beam URNs the expansion service serves.
-pub const BEAM_KAFKA_URNS: &[&str] = &[BEAM_KAFKA_READ_URN, BEAM_KAFKA_WRITE_URN];
-
 const BYTE_ARRAY_DESERIALIZER: &str = "org.apache.kafka.common.serialization.ByteArrayDeserializer";
 const BYTE_ARRAY_SERIALIZER: &str = "org.apache.kafka.common.serialization.ByteArraySerializer";
 

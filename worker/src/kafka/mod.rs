@@ -10,7 +10,7 @@ pub mod sdf;
 mod write;
 
 pub use beam_schema::{
-    BEAM_KAFKA_READ_URN, BEAM_KAFKA_READ_WITH_METADATA_URN, BEAM_KAFKA_URNS, BEAM_KAFKA_WRITE_URN,
+    BEAM_KAFKA_READ_URN, BEAM_KAFKA_READ_WITH_METADATA_URN, BEAM_KAFKA_WRITE_URN,
     BEAM_KAFKA_WRITE_WITH_HEADERS_URN, refusal,
 };
 pub use config::{ReadConfig, TimestampPolicy, WriteConfig};
