@@ -53,6 +53,8 @@ p.run().wait_until_finish()
 """
 
 CHECKPOINT = re.compile(r"Completed checkpoint (\d+) for job \S+ \((\d+) bytes")
+CHECKPOINT_FAILED = re.compile(r"Failed to trigger or complete checkpoint")
+JOB_RESTARTING = re.compile(r"switched from state RUNNING to RESTARTING")
 
 
 def log(*a):
@@ -182,7 +184,7 @@ def soak(args, work):
         pool_log = open(os.path.join(work, "pool.log"), "w")
         pool = subprocess.Popen(
             [args.worker, "--port", str(pool_port), "--expansion-port", str(exp_port),
-             "--metrics-port", str(metrics_port), "--log-level", "warn"],
+             "--metrics-port", str(metrics_port), "--log-level", "warn", *args.pool_arg],
             stdout=pool_log, stderr=subprocess.STDOUT, start_new_session=True)
         time.sleep(1)
         source, sink = "soak-in", "soak-out"
@@ -233,8 +235,12 @@ def soak(args, work):
         expected = {b"s%010d" % i for i in range(sent)}
         lost = len(expected - set(watcher.seen))
         dups = sum(c - 1 for c in watcher.seen.values())
+        flink_log = svc.log("flink")
         return {"args": vars(args), "produced": sent, "lost": lost, "duplicates": dups,
-                "samples": samples}
+                "samples": samples,
+                "checkpoints_failed": len(CHECKPOINT_FAILED.findall(flink_log)),
+                "job_restarts": len(JOB_RESTARTING.findall(flink_log)),
+                "state_too_large": "larger than the maximum permitted memory-backed state" in flink_log}
     finally:
         for p in (submit, pool):
             if p is not None and p.poll() is None:
@@ -260,8 +266,9 @@ def report(res, load):
         "# Soak: streaming Kafka → KvEcho → Kafka on Flink, one pool",
         "",
         "Command: `.venv/bin/python bench/soak/run.py --minutes %g --rate %d --partitions %d "
-        "--checkpoint-ms %d --sample %d`" % (a["minutes"], a["rate"], a["partitions"],
-                                             a["checkpoint_ms"], a["sample"]),
+        "--checkpoint-ms %d --sample %d%s`" % (
+            a["minutes"], a["rate"], a["partitions"], a["checkpoint_ms"], a["sample"],
+            "".join(" --pool-arg=" + x for x in a["pool_arg"])),
         "",
         "Load average (1 min) at start / end: %s / %s. Samples every %d s; \"steady\" = from 60 s on."
         % (load[0], load[1], a["sample"]),
@@ -278,6 +285,11 @@ def report(res, load):
             100 * (s[-1]["pool"]["cpu_s"] - s[0]["pool"]["cpu_s"]) / max(1e-9, s[-1]["t_s"] - s[0]["t_s"])),
         "| Flink job server RSS, MB | %s |" % spread([x["flink"]["rss_kb"] // 1024 for x in steady]),
         "| Flink checkpoints completed | %d |" % s[-1]["checkpoints"],
+        "| Flink checkpoints failed | %d%s |" % (
+            res["checkpoints_failed"],
+            " (state over the 5 MB limit of Flink's default in-memory checkpoint storage)"
+            if res["state_too_large"] else ""),
+        "| Flink job restarts | %d |" % res["job_restarts"],
         "| Flink checkpoint size, bytes | %s |" % spread(
             [x["checkpoint_bytes"] for x in steady if x["checkpoint_bytes"] is not None] or [0]),
         "",
@@ -302,6 +314,8 @@ def main():
     ap.add_argument("--checkpoint-ms", type=int, default=10000, help="Flink checkpoint interval")
     ap.add_argument("--sample", type=int, default=10, help="seconds between samples")
     ap.add_argument("--worker", default=WORKER_BIN, help="the beam-rust-worker binary")
+    ap.add_argument("--pool-arg", action="append", default=[],
+                    help="one more argument for the pool, e.g. --pool-arg=--process-window-ms=5000")
     ap.add_argument("--workdir", default=os.path.join(ROOT, ".cache", "soak"))
     ap.add_argument("--report", help="write the markdown report here")
     args = ap.parse_args()

@@ -31,6 +31,13 @@ pub struct HarnessConfig {
     /// splittable Kafka read) read at most this many elements per restriction,
     /// so a runner that sizes bundles for its checkpoints gets bundles that size.
     pub max_bundle_elements: Option<u64>,
+    /// How long one process call of a splittable DoFn (the streaming Kafka
+    /// read) runs before it hands the rest of its restriction back to the
+    /// runner as a residual. Every residual costs the runner bookkeeping (on
+    /// Beam 2.62's Flink job server, keyed state that is never freed,
+    /// apache/beam#27648), and Flink cannot complete a checkpoint while a
+    /// bundle runs: longer windows mean fewer residuals, later checkpoints.
+    pub process_window: Duration,
 }
 
 impl Default for HarnessConfig {
@@ -43,6 +50,7 @@ impl Default for HarnessConfig {
             connect_timeout: Duration::from_secs(10),
             finalization_ttl: Duration::from_secs(600),
             max_bundle_elements: None,
+            process_window: Duration::from_secs(1),
         }
     }
 }

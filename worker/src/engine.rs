@@ -193,6 +193,7 @@ struct Engine<'a> {
     ops: Vec<Box<dyn Operator>>,
     flush_bytes: usize,
     max_bundle_elements: Option<u64>,
+    process_window: std::time::Duration,
     /// Elements emitted per node and output port.
     counts: Vec<Vec<u64>>,
     /// Elements and bytes taken in, and bytes emitted, per node (for the pool's metrics).
@@ -256,6 +257,7 @@ impl<'a> Engine<'a> {
             emitted_bytes: vec![0; graph.nodes.len()],
             flush_bytes: config.flush_bytes.max(1),
             max_bundle_elements: config.max_bundle_elements,
+            process_window: config.process_window,
             ops,
             graph,
             sources,
@@ -352,6 +354,7 @@ impl<'a> Engine<'a> {
             outcome: &mut self.outcome,
             flush_bytes: self.flush_bytes,
             max_bundle_elements: self.max_bundle_elements,
+            process_window: self.process_window,
         };
         let op = &mut self.ops[node];
         let result = match call {

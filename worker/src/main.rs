@@ -88,6 +88,16 @@ struct Cli {
     #[arg(long, default_value_t = 600)]
     finalization_expiry_secs: u64,
 
+    /// Milliseconds one call of the streaming Kafka read reads a partition
+    /// before handing the rest back to the runner (a residual). Records are
+    /// sent on as they arrive whatever this is; it sets how often the runner
+    /// reschedules the read. Beam 2.62's Flink job server keeps keyed state for
+    /// every residual for good (apache/beam#27648): longer windows make the
+    /// job's checkpoints grow more slowly, but a checkpoint waits for the
+    /// running window to end.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    process_window_ms: u64,
+
     /// On SIGTERM/Ctrl-C, seconds running bundles get to finish before exit.
     #[arg(long, default_value_t = 30)]
     grace_secs: u64,
@@ -211,6 +221,7 @@ async fn main() -> Result<()> {
             flush_interval: (cli.flush_millis > 0).then(|| Duration::from_millis(cli.flush_millis)),
             max_pending_bytes: cli.max_pending_bytes,
             finalization_ttl: Duration::from_secs(cli.finalization_expiry_secs),
+            process_window: Duration::from_millis(cli.process_window_ms),
             ..HarnessConfig::default()
         },
         delegate: DelegateConfig {

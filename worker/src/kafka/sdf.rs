@@ -42,10 +42,6 @@ use crate::ops::{
 use crate::registry::{PlanContext, PlanError, Planned};
 use crate::value_coder::{Value, WindowedCoder};
 
-/// How long one process call reads a partition before checkpointing. Flink
-/// cannot take a checkpoint while a bundle runs, so this bounds how long a
-/// checkpoint waits for us.
-const READ_WINDOW: Duration = Duration::from_secs(1);
 /// Delay asked for after a window with no records. Flink rounds delays down
 /// to whole seconds, so anything shorter would mean "at once".
 const IDLE_DELAY: Duration = Duration::from_secs(1);
@@ -390,6 +386,9 @@ impl Operator for Process {
                 out: cx.emitter(0),
                 chunk_bytes: cx.flush_bytes,
                 max_records: cx.max_bundle_elements.unwrap_or(u64::MAX),
+                // Flink cannot take a checkpoint while a bundle runs, so this
+                // also bounds how long a checkpoint waits for the read.
+                window: cx.process_window,
                 metadata: v.metadata,
                 topic,
                 partition,
@@ -411,6 +410,8 @@ struct PartitionRead {
     chunk_bytes: usize,
     /// Records one window may read: the runner's bundle size, if it gave one.
     max_records: u64,
+    /// How long one window reads before the rest goes back as a residual.
+    window: Duration,
     metadata: Bytes,
     topic: String,
     partition: i32,
@@ -465,7 +466,7 @@ impl PartitionRead {
         start: i64,
     ) -> Result<Window, OpError> {
         reader.seek(&self.topic, self.partition, start, self.config.bootstrap())?;
-        let deadline = Instant::now() + READ_WINDOW;
+        let deadline = Instant::now() + self.window;
         let mut next = start;
         let mut records = 0u64;
         let mut buf = BytesMut::with_capacity(self.chunk_bytes.min(1 << 20) + 1024);

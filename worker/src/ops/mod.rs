@@ -194,6 +194,8 @@ pub struct Context<'a> {
     /// The runner's bundle size in elements, if it gave one
     /// ([`crate::config::HarnessConfig::max_bundle_elements`]).
     pub max_bundle_elements: Option<u64>,
+    /// [`crate::config::HarnessConfig::process_window`].
+    pub process_window: std::time::Duration,
 }
 
 impl Context<'_> {
