@@ -194,7 +194,7 @@ def soak(args, work):
         options = ["--runner=PortableRunner", "--job_endpoint=" + job_endpoint,
                    "--environment_type=EXTERNAL", "--environment_config=localhost:%d" % pool_port,
                    "--streaming", "--checkpointing_interval=%d" % args.checkpoint_ms,
-                   "--finish_bundle_before_checkpointing"]
+                   "--finish_bundle_before_checkpointing", *args.job_arg]
         submit = subprocess.Popen(
             [sys.executable, "-c", JOB, bootstrap, source, sink, "soak-group",
              "localhost:%d" % exp_port] + options,
@@ -268,7 +268,8 @@ def report(res, load):
         "Command: `.venv/bin/python bench/soak/run.py --minutes %g --rate %d --partitions %d "
         "--checkpoint-ms %d --sample %d%s`" % (
             a["minutes"], a["rate"], a["partitions"], a["checkpoint_ms"], a["sample"],
-            "".join(" --pool-arg=" + x for x in a["pool_arg"])),
+            "".join(" --pool-arg=" + x for x in a["pool_arg"])
+            + "".join(" --job-arg=" + x for x in a["job_arg"])),
         "",
         "Load average (1 min) at start / end: %s / %s. Samples every %d s; \"steady\" = from 60 s on."
         % (load[0], load[1], a["sample"]),
@@ -316,6 +317,8 @@ def main():
     ap.add_argument("--worker", default=WORKER_BIN, help="the beam-rust-worker binary")
     ap.add_argument("--pool-arg", action="append", default=[],
                     help="one more argument for the pool, e.g. --pool-arg=--process-window-ms=5000")
+    ap.add_argument("--job-arg", action="append", default=[],
+                    help="one more pipeline option, e.g. --job-arg=--state_backend=filesystem")
     ap.add_argument("--workdir", default=os.path.join(ROOT, ".cache", "soak"))
     ap.add_argument("--report", help="write the markdown report here")
     args = ap.parse_args()
