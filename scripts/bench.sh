@@ -11,7 +11,7 @@
 # goals marked met / not met / not established, the machine's load) and
 # bench/results/latest.png.
 #
-# Bounded: every run has --max-seconds; the full matrix takes about 15 minutes.
+# Bounded: every run has --max-seconds; the full matrix took about 8 minutes on 2 cores (2026-12-02).
 # Every pool is a fresh process per run (peak RSS is per run).
 #
 # Usage: scripts/bench.sh [--smoke | --quick] [--reps N] [--no-kafka] [--criterion]
