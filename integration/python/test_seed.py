@@ -28,16 +28,16 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from conftest import RustWorker
+from test_streaming import SinkWatcher
 
 SEED = Path(__file__).resolve().parent / "seed"
 INPUT, OUTPUT = "echo-input", "echo-output"
@@ -113,40 +113,6 @@ def flink_artifact_port(runner) -> int:
     return int(ports[-1])
 
 
-class OutputWatcher:
-    """Every (key, value) that reaches the output topic, from its start."""
-
-    def __init__(self, bootstrap, topic):
-        self.records = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"seed-watch-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        })
-        self._consumer.subscribe([topic])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            m = self._consumer.poll(0.1)
-            if m is not None and not m.error():
-                with self._lock:
-                    self.records.append((m.key(), m.value()))
-
-    def matching(self, prefix: bytes):
-        with self._lock:
-            return [(k, v) for k, v in self.records if k is not None and k.startswith(prefix)]
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
-
-
 class SeedJob:
     """`python pipeline.py` in `folder`: submits the job and waits on it
     forever (a streaming job), so it is killed at the end; the runner is then
@@ -180,7 +146,7 @@ def produce(bootstrap, records):
 def echo_is_exact(broker, job, tag):
     """Warm-up until the job reads, then RECORDS keyed records; each must come
     back exactly once as `kafka_record_processor` makes it."""
-    watcher = OutputWatcher(broker.address, OUTPUT)
+    watcher = SinkWatcher(broker.address, OUTPUT)
     try:
         warm_prefix = repr(f"warm-{tag}".encode()).encode()[:-1]
         deadline = time.monotonic() + WARM_UP_TIMEOUT

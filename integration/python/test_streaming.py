@@ -122,11 +122,13 @@ class StreamingJob:
 
 
 class SinkWatcher:
-    """Consumes the output topic from the start and records when each value
-    first arrived."""
+    """Consumes the output topic from the start: every (key, value) in order,
+    and when each key first arrived."""
 
     def __init__(self, bootstrap, topic):
         self.arrived = {}
+        self.records = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
@@ -143,7 +145,14 @@ class SinkWatcher:
             m = self._consumer.poll(0.05)
             if m is None or m.error():
                 continue
+            with self._lock:
+                self.records.append((m.key(), m.value()))
             self.arrived.setdefault(m.key(), time.time_ns())
+
+    def matching(self, prefix: bytes):
+        """The (key, value) pairs so far whose key starts with `prefix`."""
+        with self._lock:
+            return [(k, v) for k, v in self.records if k is not None and k.startswith(prefix)]
 
     def wait_for(self, keys, timeout=ARRIVAL_TIMEOUT, job=None):
         deadline = time.monotonic() + timeout

@@ -25,7 +25,8 @@ use crate::data::{DataChannels, DataError, Inbound};
 use crate::graph::StageGraph;
 use crate::metrics;
 use crate::ops::{
-    Chunk, Context, Finalizer, OpError, Operator, Setup, Shared, TaskFuture, TaskOutcome,
+    BundleLimits, Chunk, Context, Finalizer, OpError, Operator, Setup, Shared, TaskFuture,
+    TaskOutcome,
 };
 
 /// Input chunks queued per bundle before the channel's reader waits.
@@ -191,9 +192,7 @@ struct Engine<'a> {
     instruction_id: &'a str,
     graph: Arc<StageGraph>,
     ops: Vec<Box<dyn Operator>>,
-    flush_bytes: usize,
-    max_bundle_elements: Option<u64>,
-    process_window: std::time::Duration,
+    limits: BundleLimits,
     /// Elements emitted per node and output port.
     counts: Vec<Vec<u64>>,
     /// Elements and bytes taken in, and bytes emitted, per node (for the pool's metrics).
@@ -255,9 +254,7 @@ impl<'a> Engine<'a> {
                 .collect(),
             taken: vec![(0, 0); graph.nodes.len()],
             emitted_bytes: vec![0; graph.nodes.len()],
-            flush_bytes: config.flush_bytes.max(1),
-            max_bundle_elements: config.max_bundle_elements,
-            process_window: config.process_window,
+            limits: BundleLimits::from(config),
             ops,
             graph,
             sources,
@@ -352,9 +349,7 @@ impl<'a> Engine<'a> {
             tasks: &mut spawned,
             task_tx: &self.task_tx,
             outcome: &mut self.outcome,
-            flush_bytes: self.flush_bytes,
-            max_bundle_elements: self.max_bundle_elements,
-            process_window: self.process_window,
+            limits: self.limits,
         };
         let op = &mut self.ops[node];
         let result = match call {

@@ -80,7 +80,7 @@ impl Operator for BoundedRead {
     async fn process(&mut self, input: Chunk, cx: &mut Context<'_>) -> Result<(), OpError> {
         for _ in 0..input.elements {
             let (config, wire, out) = (self.config.clone(), self.wire.clone(), cx.emitter(0));
-            let chunk_bytes = cx.flush_bytes;
+            let chunk_bytes = cx.limits.flush_bytes;
             cx.spawn(async move {
                 let outcome = read(&config, &wire, &out, chunk_bytes).await?;
                 tracing::debug!(records = outcome.records, "Kafka read done");

@@ -384,11 +384,11 @@ impl Operator for Process {
                 target: self.target.clone(),
                 shared: self.shared.clone(),
                 out: cx.emitter(0),
-                chunk_bytes: cx.flush_bytes,
-                max_records: cx.max_bundle_elements.unwrap_or(u64::MAX),
+                chunk_bytes: cx.limits.flush_bytes,
+                max_records: cx.limits.max_bundle_elements.unwrap_or(u64::MAX),
                 // Flink cannot take a checkpoint while a bundle runs, so this
                 // also bounds how long a checkpoint waits for the read.
-                window: cx.process_window,
+                window: cx.limits.process_window,
                 metadata: v.metadata,
                 topic,
                 partition,

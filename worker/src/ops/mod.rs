@@ -190,12 +190,30 @@ pub struct Context<'a> {
     pub(crate) tasks: &'a mut Vec<TaskFuture>,
     pub(crate) task_tx: &'a mpsc::Sender<(usize, usize, Chunk)>,
     pub(crate) outcome: &'a mut TaskOutcome,
+    pub limits: BundleLimits,
+}
+
+/// The harness settings that shape how much an operator does at a time,
+/// taken from the worker's [`HarnessConfig`] once per bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleLimits {
+    /// Bytes of whole elements gathered before output is sent (at least 1).
     pub flush_bytes: usize,
     /// The runner's bundle size in elements, if it gave one
-    /// ([`crate::config::HarnessConfig::max_bundle_elements`]).
+    /// ([`HarnessConfig::max_bundle_elements`]).
     pub max_bundle_elements: Option<u64>,
-    /// [`crate::config::HarnessConfig::process_window`].
+    /// [`HarnessConfig::process_window`].
     pub process_window: std::time::Duration,
+}
+
+impl From<&HarnessConfig> for BundleLimits {
+    fn from(config: &HarnessConfig) -> Self {
+        Self {
+            flush_bytes: config.flush_bytes.max(1),
+            max_bundle_elements: config.max_bundle_elements,
+            process_window: config.process_window,
+        }
+    }
 }
 
 impl Context<'_> {

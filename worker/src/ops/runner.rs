@@ -77,7 +77,7 @@ struct Source {
 #[async_trait]
 impl Operator for Source {
     async fn process(&mut self, input: Chunk, cx: &mut Context<'_>) -> Result<(), OpError> {
-        let (coder, max_piece, bytes) = (self.coder.clone(), cx.flush_bytes, input.bytes);
+        let (coder, max_piece, bytes) = (self.coder.clone(), cx.limits.flush_bytes, input.bytes);
         let pieces = maybe_blocking(bytes.len(), move || split(&coder, &bytes, max_piece)).await;
         let pieces = pieces.map_err(|e| OpError::Element {
             index: self.elements + e.index,
@@ -239,7 +239,7 @@ impl Operator for Sink {
         let pieces = match self.recode.clone() {
             None => vec![input.bytes],
             Some(recode) => {
-                let (max_piece, bytes) = (cx.flush_bytes, input.bytes);
+                let (max_piece, bytes) = (cx.limits.flush_bytes, input.bytes);
                 let result = maybe_blocking(bytes.len(), move || {
                     recode_chunk(&recode, &bytes, max_piece)
                 })
@@ -253,7 +253,7 @@ impl Operator for Sink {
         self.elements += input.elements;
         for piece in pieces {
             self.push(piece, false);
-            if self.bytes >= cx.flush_bytes {
+            if self.bytes >= cx.limits.flush_bytes {
                 let batch = self.take();
                 self.channel.send(batch).await?;
             }
