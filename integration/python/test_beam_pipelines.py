@@ -299,10 +299,12 @@ def test_flink_parallelism_2_and_sdk_worker_parallelism_2_serve_every_worker(
     """Two SDK workers per TaskManager and two subtasks per stage: the pool
     gets several StartWorkers, each worker runs bundles, and every element
     comes back exactly once. Flink hands each stage instance one of the
-    TaskManager's environments in turn, counting every stage of the job, so
-    two echo branches make sure both environments get echo instances."""
-    data = {b: [(b"%s-%05d" % (b, i), b"v" * (i % 40)) for i in range(10_000)]
-            for b in (b"a", b"b")}
+    TaskManager's environments in turn, counting every stage of the job (in
+    an order that varies from run to run: once, with two echo branches, all
+    four echo instances got the same environment), so four echo branches
+    make it very unlikely that one environment gets none."""
+    data = {b: [(b"%s-%05d" % (b, i), b"v" * (i % 40)) for i in range(5_000)]
+            for b in (b"a", b"b", b"c", b"d")}
     options = runner.options("--parallelism=2", "--sdk_worker_parallelism=2")
     with beam.Pipeline(options=options) as p:
         for branch, elements in data.items():
