@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmark matrix side by side, repeated with the targets
-# interleaved (rust, python, ceiling, rust, python, ceiling, ...): our worker
-# (kv-echo), Beam's Python worker pool (pickled Map(identity)) and the
-# transport ceiling (grpc-echo, which returns the runner's gRPC bytes verbatim),
-# same driver, same data; then the Kafka scenarios on one Apache Kafka broker,
+# interleaved (rust, python, echo, bound, rust, python, ...): our worker
+# (kv-echo), Beam's Python worker pool (pickled Map(identity)), the transport
+# reference (grpc-echo, a relay process that returns the runner's gRPC bytes
+# verbatim) and the bound (no pool: the driver reads its own data stream back
+# over one loopback connection), same driver, same data; then the Kafka scenarios on one Apache Kafka broker,
 # also interleaved: the worker's fused Kafka -> echo -> Kafka stage against a
-# bare rdkafka consume -> produce loop (its ceiling), and the driver-bridged
+# bare rdkafka consume -> produce loop (its reference), and the driver-bridged
 # Kafka-fed echo through both workers. Writes bench/results/latest.md (medians
 # and min-max of every figure, ratios as the median of per-repetition ratios,
 # goals marked met / not met / not established, the machine's load) and
@@ -106,8 +107,12 @@ start_pool() { # kind name
       PATH="$VENV/bin:$PATH" "$PY" -m apache_beam.runners.worker.worker_pool_main \
         --service_port="$POOL_PORT" >"$LOG/pool-$name.log" 2>&1 &
       ;;
-    ceiling)
+    echo)
       "$ECHO_BIN" --port "$POOL_PORT" >"$LOG/pool-$name.log" 2>&1 &
+      ;;
+    loopback) # no pool process: the driver is its own peer
+      POOL_PID=""
+      return
       ;;
   esac
   POOL_PID=$!
@@ -150,7 +155,7 @@ note_load() { # phase name target rep
 # name | elements | key B | value B | elements/bundle | chunk B | in flight | workers | max s | order
 # (order: request-first = ProcessBundle then data, as Flink; data-first = as Beam's Python runner)
 # The time bound stops the slow Python pool early (its rate is over what it
-# did, and the report says it was stopped); our worker and the ceiling finish
+# did, and the report says it was stopped); our worker and the references finish
 # every element within it, and their runs last about a second or more, so a
 # scheduling hiccup on the shared machine is a small part of each.
 if [[ $SMOKE == 1 ]]; then
@@ -180,11 +185,11 @@ else
     "value-100B|4000000|10|100|10000|1000000|2|1|4|request-first"
     "value-10KB|60000|10|10240|100|1000000|2|1|4|request-first"
   )
-  KAFKA_RECORDS=300000
+  KAFKA_RECORDS=1000000
 fi
 
 declare -A EXTRA=()
-TARGETS=("rust:kv-echo" "python:python-map" "ceiling:ceiling")
+TARGETS=("rust:kv-echo" "python:python-map" "echo:echo" "bound:loopback")
 for spec in ${EXTRA_WORKERS:-}; do
   EXTRA[${spec%%=*}]="${spec#*=}"
   TARGETS+=("${spec%%=*}:kv-echo")
@@ -202,7 +207,7 @@ for row in "${SCENARIOS[@]}"; do
       tname="${t%%:*}" kind="${t#*:}"
       say "$name on $tname (repetition $rep of $REPS)"
       start_pool "$kind" "$tname"
-      args=(run --target "$kind" --pool "127.0.0.1:$POOL_PORT" --pool-pid "$POOL_PID"
+      args=(run --target "$kind" --pool "127.0.0.1:$POOL_PORT" ${POOL_PID:+--pool-pid "$POOL_PID"}
         --label "$name" --elements "$elements" --key-size "$key" --value-size "$value"
         --bundle-elements "$bundle" --chunk-bytes "$chunk" --in-flight "$inflight"
         --workers "$workers" --max-seconds "$maxs" --order "$order" --progress-secs 0

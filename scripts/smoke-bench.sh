@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the benchmark tooling, for the test suite: builds the load
 # driver, then runs tiny versions of the benchmark
-# matrix against all three targets (our worker, Beam's Python worker pool, the
-# bare gRPC echo) and the Kafka-fed echo test against both workers. Checks
+# matrix against every target (our worker, Beam's Python worker pool, the
+# bare gRPC echo, the driver's loopback bound) and the Kafka-fed echo test against both workers. Checks
 # correctness only (every output byte equals the input, kcat sees echo-output
 # identical to echo-input) and the Flink end-to-end benchmark's quick mode
 # (bench/e2e/run.py bench --quick: the seed's setup, Java KafkaIO + our KvEcho,

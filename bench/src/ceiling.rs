@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use beam_proto::fn_execution::beam_fn_data_client::BeamFnDataClient;
 use beam_proto::fn_execution::beam_fn_data_server::{BeamFnData, BeamFnDataServer};
 use beam_proto::fn_execution::beam_fn_external_worker_pool_client::BeamFnExternalWorkerPoolClient;
 use beam_proto::fn_execution::beam_fn_external_worker_pool_server::{
@@ -141,6 +142,7 @@ type Dialed = (Outbound, Streaming<Elements>);
 /// The driver's data endpoint for echo lanes (the runner's role).
 pub struct EchoRunner {
     url: String,
+    addr: SocketAddr,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Dialed>>>>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -179,7 +181,8 @@ impl EchoRunner {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(EchoError::Bind)?;
-        let url = listener.local_addr().map_err(EchoError::Bind)?.to_string();
+        let addr = listener.local_addr().map_err(EchoError::Bind)?;
+        let url = addr.to_string();
         let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Dialed>>>> = Arc::default();
         let service = EchoRunnerService {
             waiting: waiting.clone(),
@@ -201,6 +204,7 @@ impl EchoRunner {
         ));
         Ok(EchoRunner {
             url,
+            addr,
             waiting,
             stop: Some(stop),
         })
@@ -240,32 +244,74 @@ impl EchoRunner {
         if !response.error.is_empty() {
             return Err(EchoError::Start(response.error));
         }
-        let (outbound, mut inbound) = tokio::time::timeout(timeout, dialed)
+        let (outbound, inbound) = tokio::time::timeout(timeout, dialed)
             .await
             .map_err(|_| EchoError::NoDialBack(timeout))?
             .map_err(|_| EchoError::NoDialBack(timeout))?;
-        let connect_latency = started.elapsed();
-        let routes: Routes = Arc::default();
-        let reader_routes = routes.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                let routes = lock(&reader_routes);
-                for data in message.data {
-                    if let Some(route) = routes.get(&data.instruction_id) {
-                        let _ = route.send(data);
-                    }
-                }
-            }
-            // Dropping every route tells waiting bundles the stream is gone.
-            lock(&reader_routes).clear();
-        });
-        Ok(EchoLane {
+        Ok(EchoLane::new(
+            name,
             outbound,
-            routes,
-            next_id: Arc::default(),
-            connect_latency,
-            name: name.to_owned(),
-        })
+            inbound,
+            started.elapsed(),
+            None,
+        ))
+    }
+
+    /// Opens a lane with nothing in between: the driver itself dials its data
+    /// endpoint and reads the runner's outbound stream back as if it were a
+    /// worker's output. The bytes cross the loopback once instead of twice, and
+    /// no pool runs, so every run through a worker (or the echo) does this
+    /// lane's work and more: the bound no target can pass.
+    pub async fn start_loopback_lane(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<EchoLane, EchoError> {
+        let (dialed_tx, dialed) = oneshot::channel();
+        lock(&self.waiting).insert(name.to_owned(), dialed_tx);
+        let started = Instant::now();
+        let endpoint = beam_rust_worker::grpc::endpoint(&self.url)
+            .map_err(|e| EchoError::Start(e.to_string()))?
+            .connect_timeout(timeout);
+        let addr = self.addr;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| EchoError::Connect { addr, source })?;
+        // The lane's request stream stays open (and empty) while the lane lives.
+        let (keep_open, never) = mpsc::channel::<Elements>(1);
+        let mut request = Request::new(ReceiverStream::new(never));
+        let lane_id = name
+            .parse()
+            .map_err(|_| EchoError::Start(format!("lane name '{name}' is not a header value")))?;
+        request.metadata_mut().insert(LANE_HEADER, lane_id);
+        let mut client = BeamFnDataClient::new(channel).max_decoding_message_size(usize::MAX);
+        // The endpoint answers with headers only once the runner side has the
+        // stream, so the call and the waiter resolve together.
+        let (response, (outbound, mut unused)) = tokio::try_join!(
+            async {
+                client
+                    .data(request)
+                    .await
+                    .map_err(|s| EchoError::Start(s.to_string()))
+            },
+            async {
+                tokio::time::timeout(timeout, dialed)
+                    .await
+                    .map_err(|_| EchoError::NoDialBack(timeout))?
+                    .map_err(|_| EchoError::NoDialBack(timeout))
+            }
+        )?;
+        // The runner side's own inbound stays open (a dropped one would reset
+        // the stream); it carries nothing.
+        tokio::spawn(async move { while let Ok(Some(_)) = unused.message().await {} });
+        Ok(EchoLane::new(
+            name,
+            outbound,
+            response.into_inner(),
+            started.elapsed(),
+            Some(keep_open),
+        ))
     }
 }
 
@@ -289,6 +335,42 @@ pub struct EchoLane {
     /// StartWorker → control connected).
     pub connect_latency: Duration,
     name: String,
+    /// A loopback lane's own (empty) request stream, open while the lane lives.
+    _keep_open: Option<mpsc::Sender<Elements>>,
+}
+
+impl EchoLane {
+    /// Routes every message of `inbound` to the bundle it belongs to.
+    fn new(
+        name: &str,
+        outbound: Outbound,
+        mut inbound: Streaming<Elements>,
+        connect_latency: Duration,
+        keep_open: Option<mpsc::Sender<Elements>>,
+    ) -> EchoLane {
+        let routes: Routes = Arc::default();
+        let reader_routes = routes.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let routes = lock(&reader_routes);
+                for data in message.data {
+                    if let Some(route) = routes.get(&data.instruction_id) {
+                        let _ = route.send(data);
+                    }
+                }
+            }
+            // Dropping every route tells waiting bundles the stream is gone.
+            lock(&reader_routes).clear();
+        });
+        EchoLane {
+            outbound,
+            routes,
+            next_id: Arc::default(),
+            connect_latency,
+            name: name.to_owned(),
+            _keep_open: keep_open,
+        }
+    }
 }
 
 impl EchoLane {

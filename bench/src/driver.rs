@@ -40,8 +40,12 @@ pub enum TargetKind {
     /// A worker pool running a pickled Python `Map(identity)` (Beam's Python
     /// worker pool), from the descriptor file given with `--python-descriptor`.
     PythonMap,
-    /// The bare gRPC echo (`grpc-echo`): the transport ceiling.
-    Ceiling,
+    /// The bare gRPC echo (`grpc-echo`): the transport reference, a relay
+    /// process with no Beam logic.
+    Echo,
+    /// No pool: the driver reads its own data stream back over one loopback
+    /// connection. The bound: every other target does this work and more.
+    Loopback,
 }
 
 impl TargetKind {
@@ -49,7 +53,8 @@ impl TargetKind {
         match self {
             TargetKind::KvEcho => "kv-echo",
             TargetKind::PythonMap => "python-map",
-            TargetKind::Ceiling => "ceiling",
+            TargetKind::Echo => "echo",
+            TargetKind::Loopback => "loopback",
         }
     }
 }
@@ -113,7 +118,7 @@ enum Lane {
         worker: WorkerHandle,
         stage: Arc<Stage>,
     },
-    Ceiling {
+    Echo {
         lane: EchoLane,
         timeout: Duration,
     },
@@ -133,7 +138,7 @@ pub struct Harness {
     runner: Option<TestRunner>,
     echo_runner: Option<EchoRunner>,
     lanes: Vec<Lane>,
-    /// StartWorker → control connected (ceiling: connect + open), per lane.
+    /// StartWorker → control connected (echo: connect + open), per lane.
     pub connect: Vec<Duration>,
 }
 
@@ -165,18 +170,27 @@ pub async fn wait_for_port(addr: SocketAddr, limit: Duration) -> Result<(), Driv
 impl Harness {
     /// Starts `config.workers` workers on the pool (or opens as many echo streams).
     pub async fn start(config: &TargetConfig) -> Result<Harness, DriverError> {
-        wait_for_port(config.pool, config.pool_wait).await?;
         let workers = config.workers.max(1);
-        if config.kind == TargetKind::Ceiling {
+        if config.kind != TargetKind::Loopback {
+            wait_for_port(config.pool, config.pool_wait).await?;
+        }
+        if matches!(config.kind, TargetKind::Echo | TargetKind::Loopback) {
             let echo_runner = EchoRunner::start().await?;
             let mut lanes = Vec::new();
             let mut connect = Vec::new();
             for i in 0..workers {
-                let lane = echo_runner
-                    .start_lane(config.pool, &format!("bench_worker_{i}"), config.timeout)
-                    .await?;
+                let name = format!("bench_worker_{i}");
+                let lane = if config.kind == TargetKind::Loopback {
+                    echo_runner
+                        .start_loopback_lane(&name, config.timeout)
+                        .await?
+                } else {
+                    echo_runner
+                        .start_lane(config.pool, &name, config.timeout)
+                        .await?
+                };
                 connect.push(lane.connect_latency);
-                lanes.push(Lane::Ceiling {
+                lanes.push(Lane::Echo {
                     lane,
                     timeout: config.timeout,
                 });
@@ -255,7 +269,7 @@ impl Harness {
         chunks: &[Bytes],
     ) -> Result<BundleOutcome, DriverError> {
         match &self.lanes[lane % self.lanes.len()] {
-            Lane::Ceiling { lane, timeout } => Ok(BundleOutcome::Output(
+            Lane::Echo { lane, timeout } => Ok(BundleOutcome::Output(
                 lane.run_bundle(chunks, *timeout).await?,
             )),
             Lane::Beam { worker, stage } => {

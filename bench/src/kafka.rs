@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use beam_integration::elements::{PANE_NO_FIRING, Window, put_kv_element};
 use beam_integration::{PortCoder, WireFormat};
 use beam_rust_worker::coders::WireCoder;
-use beam_rust_worker::kafka::{KafkaError as WriteError, Writer};
+use beam_rust_worker::kafka::{Deliveries, KafkaError as WriteError, Producer, Writer};
 use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -129,7 +128,7 @@ struct Filling {
 
 struct Shared {
     harness: Harness,
-    producer: FutureProducer,
+    producer: Producer,
     output_topic: String,
     /// Decodes the worker's output elements for the producer.
     wire: WireCoder,
@@ -182,11 +181,13 @@ pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
         .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&[&config.input_topic])?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let producer: Producer = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(Deliveries)?,
+    );
     let shared = Arc::new(Shared {
         harness,
         producer,

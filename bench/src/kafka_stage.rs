@@ -1,4 +1,4 @@
-//! The fused Kafka stage and its own ceiling, the bare rdkafka loop.
+//! The fused Kafka stage and its reference, the bare rdkafka loop.
 //!
 //! [`run_stage`] drives one bundle of a stage that runs entirely in the
 //! worker: one impulse element → the native bounded Kafka read (to the end of

@@ -11,7 +11,7 @@ use crate::workload::WorkloadSpec;
 pub struct RunReport {
     /// Scenario name given with `--label`.
     pub label: String,
-    /// `kv-echo`, `python-map` or `ceiling`.
+    /// `kv-echo`, `python-map`, `echo` or `loopback`.
     pub target: String,
     /// Pool (or echo server) address.
     pub pool: String,
@@ -31,7 +31,7 @@ pub struct RunReport {
     pub mb_per_sec: f64,
     /// Bundle round trips: request sent → response and every `is_last` received.
     pub bundle_latency: LatencySummary,
-    /// StartWorker → control stream connected, per worker (ceiling: connect and
+    /// StartWorker → control stream connected, per worker (echo, loopback: connect and
     /// open the stream), in milliseconds.
     pub connect_ms: Vec<f64>,
     /// The pool's process tree over the measured phase (`--pool-pid`).

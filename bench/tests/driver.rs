@@ -117,19 +117,31 @@ async fn nullable_elements_and_a_pool_that_is_not_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ceiling_echoes_the_same_workload() {
+async fn echo_returns_the_same_workload() {
     let (echo, _stop) = start_echo().await;
-    let report = driver::run(config(
-        TargetKind::Ceiling,
-        echo,
-        2,
-        DataOrder::RequestFirst,
-    ))
-    .await
-    .unwrap();
+    let report = driver::run(config(TargetKind::Echo, echo, 2, DataOrder::RequestFirst))
+        .await
+        .unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(report.elements, 5_000);
-    assert_eq!(report.target, "ceiling");
+    assert_eq!(report.target, "echo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_reads_the_drivers_own_stream_back_without_a_pool() {
+    // Nothing listens on this address: the loopback lane must not dial it.
+    let nowhere = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut c = config(TargetKind::Loopback, nowhere, 2, DataOrder::RequestFirst);
+    c.target.pool_wait = Duration::from_millis(200);
+    let report = driver::run(c).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.elements, 5_000);
+    assert_eq!(report.target, "loopback");
+    assert_eq!(report.errors, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,7 @@ enum LogFormat {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    beam_rust_worker::trim::keep_freed_heap();
     init_tracing(&cli.log_level, cli.log_format)?;
 
     let pool_addr = SocketAddr::new(cli.bind, cli.port);

@@ -141,18 +141,20 @@ impl Framer {
 /// The request body of the data call: queued messages, framed by
 /// [`Framer`], one piece at a time.
 ///
-/// A message counts as taken by the transport once the transport asks for
-/// the piece after its last one: hyper hands each piece to h2 before asking
-/// for the next, so by then the whole message is in h2's send queue. That
-/// is what lets a bundle send its response only after all its output is on
-/// its way. Pieces are asked for only as HTTP/2 flow control allows, so at
-/// most one message beyond the queue is held here.
+/// A message counts as taken by the transport once its last piece is handed
+/// out: hyper passes every piece it gets on to h2's send queue (waiting for
+/// send capacity first if it has none), and nothing here can lose it after
+/// that. That is what lets a bundle send its response only once all its
+/// output is on its way; acknowledging at hand-out rather than on the next
+/// poll lets the bundle go on while hyper waits for capacity, instead of a
+/// thread wake-up later. Pieces are asked for only as HTTP/2 flow control
+/// allows, so at most one message beyond the queue is held here.
 pub struct OutboundBody {
     rx: mpsc::Receiver<Outgoing>,
     framer: Framer,
     /// Pieces of the message being sent, in order.
     pieces: VecDeque<Bytes>,
-    /// Acknowledgement of the message whose pieces are (or were) in `pieces`.
+    /// Acknowledgement of the message whose pieces are in `pieces`.
     taken: Option<oneshot::Sender<()>>,
     /// Dropped once the worker's side has ended (or the transport dropped
     /// the body): then nothing queued is left to send.
@@ -180,27 +182,28 @@ impl http_body::Body for OutboundBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
-        if let Some(piece) = this.pieces.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(piece))));
-        }
-        if let Some(taken) = this.taken.take() {
-            let _ = taken.send(());
-        }
-        match ready!(this.rx.poll_recv(cx)) {
-            Some(out) => {
-                this.framer.frame(&out.elements, &mut this.pieces);
-                this.taken = out.taken;
-                // A frame always has its 5-byte prefix, so there is a piece.
-                match this.pieces.pop_front() {
-                    Some(piece) => Poll::Ready(Some(Ok(Frame::data(piece)))),
-                    None => Poll::Ready(None),
+        if this.pieces.is_empty() {
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(out) => {
+                    this.framer.frame(&out.elements, &mut this.pieces);
+                    this.taken = out.taken;
+                }
+                None => {
+                    this.done = None;
+                    return Poll::Ready(None);
                 }
             }
-            None => {
-                this.done = None;
-                Poll::Ready(None)
-            }
         }
+        // A frame always has its 5-byte prefix, so there is a piece.
+        let Some(piece) = this.pieces.pop_front() else {
+            return Poll::Ready(None);
+        };
+        if this.pieces.is_empty()
+            && let Some(taken) = this.taken.take()
+        {
+            let _ = taken.send(());
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -352,7 +355,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn body_acknowledges_a_message_once_all_its_pieces_are_taken() {
+    async fn body_acknowledges_a_message_when_its_last_piece_is_handed_out() {
         use http_body::Body as _;
         use http_body_util::BodyExt;
         let (tx, rx) = mpsc::channel(4);
@@ -375,13 +378,19 @@ mod tests {
         .unwrap();
         drop(tx);
         let mut sent = Vec::new();
-        for _ in 0..3 {
+        for piece in 0..3 {
             let frame = body.frame().await.unwrap().unwrap();
             sent.extend_from_slice(&frame.into_data().unwrap());
-            assert!(taken_rx.try_recv().is_err(), "acknowledged too early");
+            if piece < 2 {
+                assert!(taken_rx.try_recv().is_err(), "acknowledged too early");
+            }
         }
+        assert_eq!(
+            taken_rx.try_recv(),
+            Ok(()),
+            "acknowledged with its last piece"
+        );
         assert!(body.frame().await.is_none(), "the stream ends");
-        assert_eq!(taken_rx.try_recv(), Ok(()));
         assert_eq!(sent, expected);
         assert_eq!(
             done_rx.try_recv(),

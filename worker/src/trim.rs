@@ -7,6 +7,12 @@
 //! of the ~8 MB it started with. `malloc_trim` hands the free pages of every
 //! arena back. It walks the heap, so it runs once things have settled: on the
 //! blocking pool, a short while after the last release of a burst.
+//!
+//! The other half: while workers run, freed heap is kept. By default glibc
+//! hands the free top of each arena back after every large free and serves
+//! buffers of a megabyte or more from fresh mappings, so a stream of 1 MB
+//! chunks faults in and zeroes new pages over and over. [`keep_freed_heap`]
+//! raises both thresholds; the trim after a release still returns the pages.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,6 +21,27 @@ use std::time::Duration;
 const SETTLE: Duration = Duration::from_secs(2);
 
 static SCHEDULED: AtomicBool = AtomicBool::new(false);
+
+/// Free heap at the top of an arena kept for reuse, up to this much.
+const TRIM_THRESHOLD: i32 = 64 << 20;
+/// Allocations from this size up get mappings of their own (and hand them
+/// back on free); smaller ones, such as receive buffers, reuse arena memory.
+const MMAP_THRESHOLD: i32 = 32 << 20;
+
+/// Keeps freed heap for reuse while workers run (called once at start-up).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn keep_freed_heap() {
+    // SAFETY: mallopt only sets allocator parameters, under the allocator's
+    // own lock; a refused value leaves glibc's default, which is still correct.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Other C libraries: their allocators decide alone.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn keep_freed_heap() {}
 
 /// Called when a worker's slot is freed: schedules one trim for the burst.
 pub fn after_release() {

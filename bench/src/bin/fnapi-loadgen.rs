@@ -39,13 +39,15 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct TargetArgs {
     /// Address of the worker pool (BeamFnExternalWorkerPool), or of the
-    /// `grpc-echo` server for --target ceiling.
+    /// `grpc-echo` server for --target echo (not dialed for --target loopback).
     #[arg(long)]
     pool: SocketAddr,
 
     /// kv-echo: a pool running this project's KV echo transform;
     /// python-map: Beam's Python worker pool running a pickled Map(identity)
-    /// (needs --python-descriptor); ceiling: the bare gRPC echo server.
+    /// (needs --python-descriptor); echo: the bare gRPC echo server;
+    /// loopback: no pool (--pool is not dialed), the driver reads its own
+    /// data stream back: the bound no target can pass.
     #[arg(long, value_enum, default_value_t = TargetKind::KvEcho)]
     target: TargetKind,
 

@@ -1,7 +1,7 @@
-//! `grpc-echo`: the transport ceiling for the load driver. On `StartWorker`
+//! `grpc-echo`: the transport reference for the load driver. On `StartWorker`
 //! it dials the given endpoint's `BeamFnData/Data`, as a Beam worker does, and
 //! sends every message straight back, with no Beam logic. Drive it with
-//! `fnapi-loadgen run --target ceiling`.
+//! `fnapi-loadgen run --target echo`.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -1,4 +1,4 @@
-//! `kafka-loop`: the ceiling of the fused Kafka stage. Moves every record of
+//! `kafka-loop`: the reference for the fused Kafka stage. Moves every record of
 //! one topic to another with a bare rdkafka consumer feeding an rdkafka
 //! producer (the worker's client settings, nothing in between) and reports
 //! records per second from before the clients start to the last

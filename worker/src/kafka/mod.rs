@@ -15,7 +15,7 @@ pub use beam_schema::{
 };
 pub use config::{ReadConfig, TimestampPolicy, WriteConfig};
 pub use read::{PendingCommit, ReadOutcome, read};
-pub use write::{Producers, Writer};
+pub use write::{Deliveries, Producer, Producers, Writer};
 
 /// Bounded read of Kafka topics into `KV<nullable bytes, nullable bytes>`.
 pub const KAFKA_READ_URN: &str = "beam:transform:rust_worker:kafka_read:v1";
