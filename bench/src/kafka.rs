@@ -179,6 +179,8 @@ pub async fn run(config: KafkaConfig) -> Result<KafkaReport, KafkaBridgeError> {
         // New groups on some Kafka-protocol brokers wait half of it before the
         // first assignment (see shared/docs/kafka-notes.md).
         .set("session.timeout.ms", "6000")
+        // As the worker's read: no 1 s pause per 100,000 records fetched ahead.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     consumer.subscribe(&[&config.input_topic])?;
     let producer: Producer = Arc::new(

@@ -374,6 +374,7 @@ fn move_records(topics: &Topics) -> Result<StageReport, StageError> {
     let started = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "10")
         .set("bootstrap.servers", &topics.brokers)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -209,6 +209,13 @@ pub(super) fn consumer(
         // and 0.10 s with 10 ms. An explicit setting wins.
         c.set("fetch.wait.max.ms", "10");
     }
+    // Once a partition has `queued.min.messages` (100,000) records fetched
+    // ahead, librdkafka waits `fetch.queue.backoff.ms` (1 s by default)
+    // before fetching it again, even when the reader has long caught up: a
+    // read of a backlog then stalls about a second per 100,000 records of a
+    // partition. Measured on the fused stage (1M records, 4 partitions): the
+    // read capped at about 175k records/s with mostly idle CPU.
+    c.set("fetch.queue.backoff.ms", "10");
     for (k, v) in &config.consumer {
         c.set(k, v);
     }
