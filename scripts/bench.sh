@@ -12,7 +12,7 @@
 # goals marked met / not met / not established, the machine's load) and
 # bench/results/latest.png.
 #
-# Bounded: every run has --max-seconds; the full matrix took about 8 minutes on 2 cores (2026-12-02).
+# Bounded: every run has --max-seconds; the full matrix took about 9 minutes on 2 cores (2026-12-02, with the bound target and 1M Kafka records).
 # Every pool is a fresh process per run (peak RSS is per run).
 #
 # Usage: scripts/bench.sh [--smoke | --quick] [--reps N] [--no-kafka] [--criterion]

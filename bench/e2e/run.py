@@ -703,6 +703,16 @@ def median_range(xs):
     return statistics.median(xs), min(xs), max(xs)
 
 
+def parse_variants(text):
+    """'ac', 'a,c' or 'a c' -> 'ac'; anything but a-d and separators is refused."""
+    variants = "".join(ch for ch in text if ch not in ", ")
+    unknown = sorted(set(variants) - set(VARIANT_NAMES))
+    if not variants or unknown:
+        raise argparse.ArgumentTypeError(
+            "variants are letters among %s, not %r" % (", ".join(VARIANT_NAMES), text))
+    return variants
+
+
 def cmd_bench(args):
     work = args.workdir
     variants = args.variants
@@ -847,8 +857,9 @@ def main():
     b = sub.add_parser("bench", help="side-by-side benchmark (item 5)")
     b.add_argument("--records", type=int, default=None, help="backlog per throughput run (default 1,000,000; --quick 2,000)")
     b.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
-    b.add_argument("--variants", default="abc",
-                   help="any of a, b, c, d (d: the seed with our pool in place of Beam's)")
+    b.add_argument("--variants", default="abc", type=parse_variants,
+                   help="any of a, b, c, d, e.g. 'ac' or 'a,c' (d: the seed with our pool in "
+                        "place of Beam's)")
     b.add_argument("--latency-rate", type=int, default=2000)
     b.add_argument("--latency-secs", type=int, default=None,
                    help="latency phase per repetition, 0 = none (default 60; --quick 0)")

@@ -210,6 +210,13 @@ impl EchoRunner {
         })
     }
 
+    /// Registers lane `name`: its data stream, once dialed, arrives here.
+    fn expect_dial(&self, name: &str) -> oneshot::Receiver<Dialed> {
+        let (dialed_tx, dialed) = oneshot::channel();
+        lock(&self.waiting).insert(name.to_owned(), dialed_tx);
+        dialed
+    }
+
     /// Asks the echo pool at `pool` to dial back, and waits for its stream.
     pub async fn start_lane(
         &self,
@@ -217,8 +224,7 @@ impl EchoRunner {
         name: &str,
         timeout: Duration,
     ) -> Result<EchoLane, EchoError> {
-        let (dialed_tx, dialed) = oneshot::channel();
-        lock(&self.waiting).insert(name.to_owned(), dialed_tx);
+        let dialed = self.expect_dial(name);
         let started = Instant::now();
         let channel = Endpoint::from_shared(format!("http://{pool}"))
             .expect("a socket address is a valid URI")
@@ -244,10 +250,7 @@ impl EchoRunner {
         if !response.error.is_empty() {
             return Err(EchoError::Start(response.error));
         }
-        let (outbound, inbound) = tokio::time::timeout(timeout, dialed)
-            .await
-            .map_err(|_| EchoError::NoDialBack(timeout))?
-            .map_err(|_| EchoError::NoDialBack(timeout))?;
+        let (outbound, inbound) = dialed_back(dialed, timeout).await?;
         Ok(EchoLane::new(
             name,
             outbound,
@@ -267,8 +270,7 @@ impl EchoRunner {
         name: &str,
         timeout: Duration,
     ) -> Result<EchoLane, EchoError> {
-        let (dialed_tx, dialed) = oneshot::channel();
-        lock(&self.waiting).insert(name.to_owned(), dialed_tx);
+        let dialed = self.expect_dial(name);
         let started = Instant::now();
         let endpoint = beam_rust_worker::grpc::endpoint(&self.url)
             .map_err(|e| EchoError::Start(e.to_string()))?
@@ -295,12 +297,7 @@ impl EchoRunner {
                     .await
                     .map_err(|s| EchoError::Start(s.to_string()))
             },
-            async {
-                tokio::time::timeout(timeout, dialed)
-                    .await
-                    .map_err(|_| EchoError::NoDialBack(timeout))?
-                    .map_err(|_| EchoError::NoDialBack(timeout))
-            }
+            dialed_back(dialed, timeout)
         )?;
         // The runner side's own inbound stays open (a dropped one would reset
         // the stream); it carries nothing.
@@ -313,6 +310,17 @@ impl EchoRunner {
             Some(keep_open),
         ))
     }
+}
+
+/// Waits up to `timeout` for a registered lane's stream.
+async fn dialed_back(
+    dialed: oneshot::Receiver<Dialed>,
+    timeout: Duration,
+) -> Result<Dialed, EchoError> {
+    tokio::time::timeout(timeout, dialed)
+        .await
+        .map_err(|_| EchoError::NoDialBack(timeout))?
+        .map_err(|_| EchoError::NoDialBack(timeout))
 }
 
 impl Drop for EchoRunner {
