@@ -63,7 +63,8 @@ impl Acks {
 
     fn record(&self, result: Result<(), &RdKafkaError>) {
         if let Err(e) = result {
-            let _ = self.first_error.set(e.to_string());
+            // Only the first refusal is kept; later ones are not formatted.
+            self.first_error.get_or_init(|| e.to_string());
             self.failed.fetch_add(1, Ordering::AcqRel);
         }
         // SeqCst on `settled` and `wake_at`, here and in `settled_to`: each
